@@ -1,0 +1,117 @@
+"""Update rules. An optimizer sees parameters and gradients as dicts under the same keys
+(``"<layer>.<param>"``) and updates the parameter arrays in place. Its state is a flat dict
+of arrays (``state_dict``), so checkpoints stay plain ``.npz`` data."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .registry import OPTIMIZERS
+
+
+def _check(name, v, lo=0.0, hi=None, lo_open=False):
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise ValueError(f"{name} must be a number, got {v!r}")
+    if (v <= lo if lo_open else v < lo) or (hi is not None and v >= hi):
+        rng = f"{'>' if lo_open else '>='} {lo}" + (f" and < {hi}" if hi is not None else "")
+        raise ValueError(f"{name} must be {rng}, got {v!r}")
+    return float(v)
+
+
+class Optimizer:
+    def __init__(self, lr: float):
+        self.lr = _check("lr", lr, lo_open=True)
+        self.state: dict[str, np.ndarray] = {}
+        self.t = 0
+
+    def step(self, params: dict[str, np.ndarray], grads: dict[str, np.ndarray]) -> None:
+        self.t += 1
+        for k, p in params.items():
+            self.update(k, p, grads[k])
+
+    def update(self, key: str, p: np.ndarray, g: np.ndarray) -> None:  # pragma: no cover
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        d = {f"state.{k}": v for k, v in self.state.items()}
+        d["t"] = np.array(self.t)
+        return d
+
+    def load_state_dict(self, d: dict[str, np.ndarray]) -> None:
+        self.t = int(d["t"])
+        self.state = {k[len("state."):]: np.array(v) for k, v in d.items() if k.startswith("state.")}
+
+
+@OPTIMIZERS.register("sgd")
+class SGD(Optimizer):
+    """``p -= lr * (g + weight_decay * p)``, the seed post's rule when weight_decay is 0."""
+
+    def __init__(self, lr: float, weight_decay: float = 0.0):
+        super().__init__(lr)
+        self.weight_decay = _check("weight_decay", weight_decay)
+
+    def update(self, key, p, g):
+        if self.weight_decay:
+            g = g + self.weight_decay * p
+        p -= p.dtype.type(self.lr) * g
+
+
+@OPTIMIZERS.register("momentum")
+class Momentum(Optimizer):
+    """Heavy-ball momentum (``nesterov=true`` for Nesterov): ``v = m*v - lr*g; p += v``."""
+
+    def __init__(self, lr: float, momentum: float = 0.9, nesterov: bool = False, weight_decay: float = 0.0):
+        super().__init__(lr)
+        self.momentum = _check("momentum", momentum, 0.0, 1.0)
+        if not isinstance(nesterov, bool):
+            raise ValueError(f"nesterov must be true or false, got {nesterov!r}")
+        self.nesterov = nesterov
+        self.weight_decay = _check("weight_decay", weight_decay)
+
+    def update(self, key, p, g):
+        if self.weight_decay:
+            g = g + self.weight_decay * p
+        v = self.state.get(key)
+        if v is None:
+            v = self.state[key] = np.zeros_like(p)
+        v *= self.momentum
+        v -= self.lr * g
+        if self.nesterov:
+            p += self.momentum * v - self.lr * g
+        else:
+            p += v
+
+
+@OPTIMIZERS.register("adam")
+class Adam(Optimizer):
+    """Adam (Kingma & Ba) with bias correction."""
+
+    def __init__(self, lr: float, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8,
+                 weight_decay: float = 0.0):
+        super().__init__(lr)
+        self.beta1 = _check("beta1", beta1, 0.0, 1.0)
+        self.beta2 = _check("beta2", beta2, 0.0, 1.0)
+        self.eps = _check("eps", eps, lo_open=True)
+        self.weight_decay = _check("weight_decay", weight_decay)
+
+    def update(self, key, p, g):
+        if self.weight_decay:
+            g = g + self.weight_decay * p
+        m = self.state.get(key + ".m")
+        if m is None:
+            m = self.state[key + ".m"] = np.zeros_like(p)
+            self.state[key + ".v"] = np.zeros_like(p)
+        v = self.state[key + ".v"]
+        m *= self.beta1
+        m += (1 - self.beta1) * g
+        v *= self.beta2
+        v += (1 - self.beta2) * (g * g)
+        a = self.lr * np.sqrt(1 - self.beta2 ** self.t) / (1 - self.beta1 ** self.t)
+        p -= (a * m / (np.sqrt(v) + self.eps)).astype(p.dtype, copy=False)
+
+
+def build_optimizer(spec: dict, lr: float) -> Optimizer:
+    """``spec`` is ``{"type": name, **kwargs}`` (the ``optimizer`` config group)."""
+    spec = dict(spec)
+    name = spec.pop("type", None)
+    return OPTIMIZERS.build(name, {"lr": lr, **spec}, where="optimizer")

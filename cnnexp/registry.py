@@ -1,0 +1,103 @@
+"""Registries map short ``type`` names from configs to Python callables.
+
+One registry per kind (layers, optimizers, initializers, datasets). Registering the same
+name twice is an error; an unknown name lists the known ones with a "did you mean";
+unexpected keyword arguments are named.
+
+Register your own layer from your own module, without editing cnnexp::
+
+    from cnnexp.registry import LAYERS
+    from cnnexp.layers.base import Layer
+
+    @LAYERS.register("swish")
+    class Swish(Layer):
+        ...
+
+and make Hydra import the module before the model is built with ``plugins=[my_module]``
+(see README, "Your own layers").
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from typing import Any, Callable
+
+from .errors import ConfigError
+
+
+class Registry:
+    """A name -> callable table for one kind of component."""
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        self._items: dict[str, Callable[..., Any]] = {}
+
+    def register(self, name: str, obj: Callable[..., Any] | None = None):
+        """Register ``obj`` under ``name``; usable as a decorator."""
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"{self.kind} name must be a non-empty string, got {name!r}")
+
+        def add(o):
+            if name in self._items:
+                raise ValueError(
+                    f"{self.kind} {name!r} is already registered (by {self._items[name].__module__}."
+                    f"{getattr(self._items[name], '__qualname__', self._items[name])}); pick another name"
+                )
+            self._items[name] = o
+            return o
+
+        return add(obj) if obj is not None else add
+
+    def unregister(self, name: str) -> None:
+        self._items.pop(name, None)
+
+    def names(self) -> list[str]:
+        return sorted(self._items)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._items
+
+    def get(self, name: Any) -> Callable[..., Any]:
+        if not isinstance(name, str) or name not in self._items:
+            known = self.names()
+            hint = difflib.get_close_matches(str(name), known, n=1)
+            dym = f" (did you mean {hint[0]!r}?)" if hint else ""
+            raise ConfigError(f"unknown {self.kind} {name!r}{dym}; known {self.kind}s: {', '.join(known)}")
+        return self._items[name]
+
+    def build(self, name: str, kwargs: dict[str, Any] | None = None, where: str = "") -> Any:
+        """Call the registered object with ``kwargs``, naming unexpected or missing ones."""
+        cls = self.get(name)
+        kwargs = dict(kwargs or {})
+        check_kwargs(cls, kwargs, f"{where or self.kind} {name!r}")
+        try:
+            return cls(**kwargs)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"{where or self.kind} {name!r}: {e}") from e
+
+
+def check_kwargs(fn: Callable[..., Any], kwargs: dict[str, Any], what: str) -> None:
+    """Raise ConfigError naming any keyword ``fn`` does not accept, or any it requires but lacks."""
+    sig = inspect.signature(fn)
+    params = sig.parameters
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return
+    accepted = [n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    unexpected = [k for k in kwargs if k not in accepted]
+    if unexpected:
+        bad = unexpected[0]
+        hint = difflib.get_close_matches(bad, accepted, n=1)
+        dym = f" (did you mean {hint[0]!r}?)" if hint else ""
+        raise ConfigError(
+            f"{what} got unexpected argument {bad!r}{dym}; it accepts: {', '.join(accepted) or 'no arguments'}"
+        )
+    missing = [n for n in accepted if params[n].default is inspect.Parameter.empty and n not in kwargs]
+    if missing:
+        raise ConfigError(f"{what} is missing required argument {missing[0]!r}")
+
+
+LAYERS = Registry("layer")
+OPTIMIZERS = Registry("optimizer")
+INITIALIZERS = Registry("initializer")
+DATASETS = Registry("dataset")
