@@ -33,7 +33,7 @@ class Optimizer:
         raise NotImplementedError
 
     def state_dict(self) -> dict[str, np.ndarray]:
-        d = {f"state.{k}": v for k, v in self.state.items()}
+        d = {f"state.{k}": v.copy() for k, v in self.state.items()}  # a snapshot, not the live arrays
         d["t"] = np.array(self.t)
         return d
 

@@ -1,0 +1,108 @@
+"""One experiment, from a resolved config dict to a trained, evaluated, logged model.
+
+Knows the registries and the Tracker interface, not Hydra and not MLflow: the entry point
+(``cnnexp/__main__.py``) composes the config and picks the tracker.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from .config import validate
+from .errors import ConfigError
+from .model import Model, build_model
+from .optimizers import Optimizer, build_optimizer
+from .tracking.base import NullTracker, Tracker
+from .train import TrainState, fit
+
+logger = logging.getLogger("cnnexp")
+
+
+@dataclass
+class Experiment:
+    cfg: dict
+    model: Model
+    optimizer: Optimizer
+
+
+def import_plugins(modules: list[str]) -> None:
+    """Import user modules named in ``plugins`` so their registrations take effect."""
+    for name in modules or []:
+        try:
+            importlib.import_module(name)
+        except ImportError as e:
+            raise ConfigError(f"plugins: cannot import module {name!r} ({e}); is it on PYTHONPATH?") from None
+
+
+def prepare(cfg: dict) -> Experiment:
+    """Validate the config and build model and optimizer: every config error surfaces here,
+    before any data is read or any run is logged."""
+    validate(cfg)
+    import_plugins(cfg.get("plugins", []))
+    d = cfg["data"]
+    model = build_model(cfg["model"], seed=cfg["seed"], dtype=cfg["model"]["dtype"],
+                        scale=d["scale"], shift=d["shift"])
+    if model.loss_layer is None:
+        raise ConfigError(f"model.layers: the last layer must be 'softmax' (it carries the loss), "
+                          f"got {model.layers[-1].name!r}")
+    optimizer = build_optimizer(cfg["optimizer"], cfg["lr"])
+    return Experiment(cfg, model, optimizer)
+
+
+def load_data(cfg: dict):
+    """Load the configured data set and cut the subsets; returns (dataset, splits)."""
+    from .data import load_dataset, make_splits
+
+    d = cfg["data"]
+    ds = load_dataset(d["name"], dir=d["dir"], download=d["download"])
+    splits = make_splits(ds, d["train_size"], d["val_size"], d["test_size"])
+    return ds, splits
+
+
+def check_fit(exp: Experiment, ds, splits) -> None:
+    cfg, model = exp.cfg, exp.model
+    n_train = len(splits.train[0])
+    if cfg["batch_size"] > n_train:
+        raise ConfigError(f"batch_size={cfg['batch_size']} is larger than the training set "
+                          f"({n_train} images); use batch_size <= {n_train}")
+    if model.output_shape != (ds.num_classes,):
+        raise ConfigError(f"the model outputs {model.output_shape} but {ds.name} has {ds.num_classes} classes; "
+                          f"set the last dense layer's units to {ds.num_classes}")
+    img_shape = tuple(ds.train_images.shape[1:])
+    if img_shape + (1,) != model.input_shape and img_shape != model.input_shape:
+        raise ConfigError(f"model.input_shape={list(model.input_shape)} does not match {ds.name} images "
+                          f"{img_shape}; use model.input_shape=[{img_shape[0]},{img_shape[1]},1]")
+
+
+def run(cfg: dict, tracker: Tracker | None = None, log: Callable[[str], None] | None = None,
+        exp: Experiment | None = None, state: TrainState | None = None,
+        on_epoch_end: Callable[[TrainState], None] | None = None) -> dict[str, Any]:
+    """Run one experiment. Returns final metrics and what the caller needs to log artifacts."""
+    tracker = tracker or NullTracker()
+    log = log or logger.info
+    exp = exp or prepare(cfg)
+    log(exp.model.summary())
+    ds, splits = load_data(cfg)
+    check_fit(exp, ds, splits)
+    log(f"Data: {ds.name} from {ds.source} ({ds.location}); train {len(splits.train[0]):,}, "
+        f"val {len(splits.val[0]):,}, test {len(splits.test[0]):,} images")
+    tracker.set_tags({"data.source": ds.source, "data.location": str(ds.location)})
+    log("MNIST CNN initialized!" if ds.name.startswith("mnist") else f"{ds.name} CNN initialized!")
+    t0 = time.perf_counter()
+    state = fit(exp.model, exp.optimizer, splits, epochs=cfg["epochs"], batch_size=cfg["batch_size"],
+                seed=cfg["seed"], log_every=cfg["log_every"], eval_batch_size=cfg["eval_batch_size"],
+                tracker=tracker, log=log, state=state, on_epoch_end=on_epoch_end)
+    train_seconds = time.perf_counter() - t0
+    final = state.history[-1] if state.history else {}
+    log("\n--- Testing the CNN ---")
+    if "test/loss" in final:
+        log(f"Test Loss: {final['test/loss']}")
+        log(f"Test Accuracy: {final['test/acc']}")
+    log(f"Training time: {train_seconds:.2f} s for {cfg['epochs'] - 0} epochs "
+        f"({state.images_seen:,} images, {state.images_seen / max(train_seconds, 1e-9):,.0f} img/s incl. evaluation)")
+    return {"metrics": final, "state": state, "model": exp.model, "optimizer": exp.optimizer,
+            "dataset": ds, "splits": splits, "train_seconds": train_seconds}

@@ -1,0 +1,116 @@
+"""The entry point: the only module that knows Hydra.
+
+``python -m cnnexp [overrides]`` runs one experiment; ``python -m cnnexp -m a=1,2`` a sweep.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from .config import register_schemas
+from .errors import CnnexpError
+from .paths import conf_dir
+
+logger = logging.getLogger("cnnexp")
+register_schemas()
+CONF_DIR = str(conf_dir())
+FAILED_JOBS: list[str] = []
+
+
+def debug() -> bool:
+    return os.environ.get("HYDRA_FULL_ERROR") == "1" or os.environ.get("CNNEXP_DEBUG") == "1"
+
+
+def fail(e: CnnexpError) -> None:
+    print(f"cnnexp: error: {e}", file=sys.stderr, flush=True)
+
+
+def job_info() -> dict:
+    """What Hydra knows about this job, as plain values (for tags and run names)."""
+    hc = HydraConfig.get()
+    multirun = str(hc.mode) == "RunMode.MULTIRUN"
+    return {
+        "overrides": list(hc.overrides.task),
+        "output_dir": hc.runtime.output_dir,
+        "multirun": multirun,
+        "job_num": int(hc.job.num) if multirun else None,
+        "sweep_dir": str(hc.sweep.dir) if multirun else None,
+        "job_name": hc.job.name,
+    }
+
+
+def make_tracker(cfg: dict, info: dict):
+    from .tracking.base import NullTracker
+
+    if not cfg["tracking"]["enabled"]:
+        return NullTracker()
+    try:
+        from .tracking.mlflow_tracker import MlflowTracker
+    except ImportError:  # tracking not available in this build
+        return NullTracker()
+    return MlflowTracker.start(cfg, info)
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
+def hydra_main(dcfg: DictConfig) -> float | None:
+    from .app import prepare, run
+
+    cfg = OmegaConf.to_container(dcfg, resolve=True)
+    info = job_info()
+    tracker = None
+    try:
+        exp = prepare(cfg)
+        tracker = make_tracker(cfg, info)
+        result = run(cfg, tracker=tracker, exp=exp)
+        tracker.finish("FINISHED")
+        m = result["metrics"]
+        return float(m.get("val/acc", m.get("test/acc", float("nan"))))
+    except CnnexpError as e:
+        if tracker is not None:
+            tracker.finish("FAILED", f"{type(e).__name__}: {e}")
+        if debug():
+            raise
+        fail(e)
+        if info["multirun"]:  # let the other jobs of the sweep run; exit non-zero at the end
+            FAILED_JOBS.append(" ".join(info["overrides"]))
+            return None
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        if tracker is not None:
+            tracker.finish("KILLED", "interrupted (SIGINT/SIGTERM)")
+        print("cnnexp: interrupted", file=sys.stderr, flush=True)
+        sys.exit(130)
+    except BaseException as e:
+        if tracker is not None:
+            import traceback
+
+            tracker.finish("FAILED", "".join(traceback.format_exception(e))[-5000:])
+        raise
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    from . import preflight
+
+    try:
+        preflight.check(argv, CONF_DIR)
+    except CnnexpError as e:
+        if debug():
+            raise
+        fail(e)
+        sys.exit(e.exit_code)
+    sys.argv = [sys.argv[0]] + list(argv)
+    hydra_main()
+    if FAILED_JOBS:
+        print(f"cnnexp: {len(FAILED_JOBS)} job(s) failed: " + "; ".join(FAILED_JOBS), file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,104 @@
+"""Typed schemas for the Hydra config, and the value checks Hydra's types cannot express.
+
+The schemas make Hydra reject a typo'd key (``lrr=0.1``) or a wrong type (``epochs=five``);
+``validate`` rejects invalid values (``lr=-1``, ``epochs=0``) with one line naming the value and
+what would be valid. Both run before any data is loaded or any run is logged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, List, Optional
+
+from omegaconf import OmegaConf
+
+from .errors import ConfigError
+from .paths import outputs_dir
+
+OmegaConf.register_new_resolver("cnnexp_outputs", lambda: str(outputs_dir()), replace=True)
+
+
+@dataclass
+class ModelConfig:
+    name: str = "seed"
+    input_shape: List[int] = field(default_factory=lambda: [28, 28, 1])
+    dtype: str = "float32"  # float64 for gradient checks
+    layers: List[Any] = field(default_factory=list)  # [{type: conv2d, filters: 8, ...}, ...]
+
+
+@dataclass
+class DataConfig:
+    name: str = "mnist"  # a registered data set: mnist | mnist_sample | fashion_mnist | idx
+    dir: Optional[str] = None  # folder with the four IDX .gz files; null = cache/download
+    download: bool = True
+    train_size: Optional[int] = 1000  # null = the whole split
+    val_size: int = 0  # carved out of the training split
+    test_size: Optional[int] = 1000
+    scale: float = 0.00392156862745098  # x = image * scale + shift (image/255 - 0.5)
+    shift: float = -0.5
+
+
+@dataclass
+class TrackingConfig:
+    enabled: bool = True
+    uri: Optional[str] = None  # null = $MLFLOW_TRACKING_URI, else sqlite under outputs/
+    experiment: str = "cnnexp"
+    log_artifacts: bool = True
+    log_model: bool = True
+
+
+@dataclass
+class PathsConfig:
+    outputs: str = "${cnnexp_outputs:}"
+
+
+@dataclass
+class Config:
+    lr: float = 0.005
+    epochs: int = 3
+    batch_size: int = 1
+    seed: int = 0
+    log_every: int = 100  # images between progress lines / train metrics
+    eval_batch_size: int = 500
+    resume: Optional[str] = None  # run id or checkpoint path to continue from
+    plugins: List[str] = field(default_factory=list)  # modules to import: register your own layers
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optimizer: Any = field(default_factory=lambda: {"type": "sgd"})
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+
+
+def register_schemas() -> None:
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name="base_config", node=Config)
+
+
+def _num(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def validate(cfg: dict) -> None:
+    """Raise ConfigError (one line) for the first invalid value in a resolved config dict."""
+
+    def need(ok: bool, key: str, value, valid: str):
+        if not ok:
+            raise ConfigError(f"{key}={value!r} is invalid: {valid}")
+
+    need(_num(cfg["lr"]) and cfg["lr"] > 0 and cfg["lr"] != float("inf"), "lr", cfg["lr"],
+         "must be a number > 0 (the post uses lr=0.005)")
+    for k in ("epochs", "batch_size", "log_every", "eval_batch_size"):
+        need(isinstance(cfg[k], int) and cfg[k] >= 1, k, cfg[k], "must be an integer >= 1")
+    need(isinstance(cfg["seed"], int) and cfg["seed"] >= 0, "seed", cfg["seed"], "must be an integer >= 0")
+    d = cfg["data"]
+    for k in ("train_size", "test_size"):
+        need(d[k] is None or (isinstance(d[k], int) and d[k] >= 1), f"data.{k}", d[k],
+             "must be an integer >= 1, or null for the whole split")
+    need(isinstance(d["val_size"], int) and d["val_size"] >= 0, "data.val_size", d["val_size"],
+         "must be an integer >= 0")
+    need(_num(d["scale"]) and d["scale"] != 0, "data.scale", d["scale"], "must be a non-zero number")
+    m = cfg["model"]
+    need(m["dtype"] in ("float32", "float64"), "model.dtype", m["dtype"], "use float32 or float64")
+    need(isinstance(cfg["optimizer"], dict) and "type" in cfg["optimizer"], "optimizer", cfg["optimizer"],
+         "must be a mapping with a 'type' key, e.g. optimizer=sgd")

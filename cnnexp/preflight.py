@@ -1,0 +1,141 @@
+"""Check every job's config before Hydra starts any work, and turn Hydra/OmegaConf
+composition errors into one line that names the bad value and what would be valid.
+
+For a sweep (``-m lr=0.001,0.01 model=seed,lenet5``) every combination is composed and
+validated first, so a bad value in the last job stops the sweep before the first job runs.
+"""
+
+from __future__ import annotations
+
+import difflib
+import itertools
+import re
+from typing import Iterable
+
+from .errors import ConfigError
+
+MAX_COMBOS = 256
+PASSTHROUGH_FLAGS = {"-m", "--multirun"}
+
+
+def user_overrides(argv: Iterable[str]) -> list[str] | None:
+    """The overrides to check, or None when argv asks Hydra for something else (--help, --cfg ...)."""
+    out = []
+    for a in argv:
+        if a.startswith("-"):
+            if a in PASSTHROUGH_FLAGS:
+                continue
+            return None
+        out.append(a)
+    return out
+
+
+def _known_keys(node) -> list[str]:
+    try:
+        return sorted(str(k) for k in node.keys())
+    except Exception:
+        return []
+
+
+def _suggest(bad: str, known: list[str]) -> str:
+    hint = difflib.get_close_matches(bad, known, n=1)
+    return f" (did you mean {hint[0]!r}?)" if hint else ""
+
+
+def explain(exc: BaseException, base_cfg=None) -> str:
+    """One line for a Hydra/OmegaConf composition error."""
+    chain, e = [], exc
+    while e is not None and len(chain) < 5:
+        chain.append(e)
+        e = e.__cause__ or e.__context__
+    text = "\n".join(str(c) for c in chain)
+    m = re.search(r"Could not find '([^'/]+)/([^']+)'", text)
+    if m:
+        group, name = m.groups()
+        opts = re.findall(r"^\t(\S+)$", text, flags=re.M)
+        return (f"unknown {group} {name!r}{_suggest(name, opts)}; available {group} configs: "
+                f"{', '.join(sorted(opts)) or 'none'} (in conf/{group}/)")
+    m = re.search(r"Key '([^']+)' (?:is not in struct|not in '\w+')", text)
+    if m:
+        key = m.group(1)
+        fk = re.search(r"full_key: (\S+)", text)
+        full = fk.group(1) if fk else key
+        parent = full.rsplit(".", 1)[0] if "." in full else ""
+        known: list[str] = []
+        if base_cfg is not None:
+            try:
+                from omegaconf import OmegaConf
+
+                node = OmegaConf.select(base_cfg, parent) if parent else base_cfg
+                known = _known_keys(node)
+            except Exception:
+                known = []
+        where = f" in {parent}" if parent else ""
+        return (f"unknown config key {full!r}{_suggest(key, known)}; valid keys{where}: {', '.join(known)}"
+                if known else f"unknown config key {full!r}")
+    m = re.search(r"Value '([^']*)' (?:of type '\w+' )?could not be converted to (\w+)", text)
+    if m:
+        fk = re.search(r"full_key: (\S+)", text)
+        key = fk.group(1) if fk else "?"
+        return f"{key}={m.group(1)} is invalid: expected {m.group(2).lower()}"
+    m = re.search(r"Missing mandatory value: (\S+)", text)
+    if m:
+        return f"{m.group(1)} must be set (it has no default), e.g. {m.group(1)}=..."
+    first = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return "; ".join(first[:2]) if first else type(exc).__name__
+
+
+def _expand(overrides: list[str]) -> list[list[str]]:
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    axes = []
+    for o in parsed:
+        if o.get_key_element().startswith("hydra"):
+            continue
+        if o.is_sweep_override():
+            try:
+                vals = list(o.sweep_string_iterator())
+            except Exception:  # interval() and other sweeps only a sweeper can expand
+                continue
+            axes.append([f"{o.get_key_element()}={v}" for v in vals])
+        else:
+            axes.append([o.input_line])
+    combos = []
+    for c in itertools.product(*axes):
+        combos.append(list(c))
+        if len(combos) >= MAX_COMBOS:
+            break
+    return combos
+
+
+def check(argv: list[str], conf_dir: str) -> int:
+    """Compose and validate every job; returns the number of jobs checked. Raises ConfigError."""
+    overrides = user_overrides(argv)
+    if overrides is None:
+        return 0
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    from .app import prepare
+
+    try:
+        combos = _expand(overrides)
+    except HydraException as e:
+        raise ConfigError(f"cannot parse overrides: {explain(e)}") from None
+    with initialize_config_dir(config_dir=conf_dir, version_base="1.3"):
+        base = compose(config_name="config")
+        for combo in combos:
+            try:
+                cfg = compose(config_name="config", overrides=combo)
+                plain = OmegaConf.to_container(cfg, resolve=True)
+            except (HydraException, OmegaConfBaseException) as e:
+                raise ConfigError(explain(e, base)) from None
+            try:
+                prepare(plain)
+            except ConfigError as e:
+                job = f" (job: {' '.join(combo)})" if len(combos) > 1 else ""
+                raise ConfigError(f"{e}{job}") from None
+    return len(combos)

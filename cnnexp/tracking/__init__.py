@@ -1,0 +1,3 @@
+from .base import MemoryTracker, NullTracker, Tracker
+
+__all__ = ["Tracker", "NullTracker", "MemoryTracker"]

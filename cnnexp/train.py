@@ -1,0 +1,109 @@
+"""The training loop: shuffled mini-batch SGD over uint8 images, reporting to a Tracker.
+
+Knows nothing of Hydra or MLflow. Every random draw of an epoch (the shuffle, dropout masks)
+comes from generators seeded by ``(seed, epoch)``, so a run resumed from an end-of-epoch
+checkpoint continues exactly as the uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from .errors import TrainingError
+from .model import Model
+from .optimizers import Optimizer
+from .tracking.base import NullTracker, Tracker
+
+
+@dataclass
+class TrainState:
+    epoch: int = 0  # epochs completed
+    step: int = 0  # optimizer steps taken
+    images_seen: int = 0
+    history: list[dict] = field(default_factory=list)  # one dict of metrics per epoch
+
+
+def epoch_rng(seed: int, epoch: int, stream: int = 0) -> np.random.Generator:
+    return np.random.default_rng([seed, epoch, stream])
+
+
+def reseed_layers(model: Model, seed: int, epoch: int) -> None:
+    """Give every stochastic layer (one with an ``rng``) a generator for this epoch."""
+    for i, layer in enumerate(model.layers):
+        if hasattr(layer, "rng"):
+            layer.rng = epoch_rng(seed, epoch, 1 + i)
+
+
+def fit(model: Model, optimizer: Optimizer, splits, *, epochs: int, batch_size: int, seed: int = 0,
+        log_every: int = 100, eval_batch_size: int = 500, tracker: Tracker | None = None,
+        log: Callable[[str], None] = print, state: TrainState | None = None,
+        on_epoch_end: Callable[[TrainState], None] | None = None) -> TrainState:
+    """Train ``model`` for ``epochs`` epochs (continuing from ``state`` when resuming).
+
+    ``splits`` has ``train``, ``val`` (maybe empty) and ``test`` pairs of (uint8 images, labels).
+    Prints the seed post's progress lines and logs ``train/*``, ``val/*``, ``test/*`` and
+    ``perf/*`` metrics. Raises TrainingError when the loss becomes NaN or infinite.
+    """
+    tracker = tracker or NullTracker()
+    state = state or TrainState()
+    images, labels = splits.train
+    n = len(images)
+    labels = np.asarray(labels, dtype=np.intp)
+    for epoch in range(state.epoch, epochs):
+        log(f"--- Epoch {epoch + 1} ---")
+        perm = epoch_rng(seed, epoch).permutation(n)
+        reseed_layers(model, seed, epoch)
+        ep_loss = 0.0
+        ep_correct = 0
+        w_loss, w_correct, w_n = 0.0, 0, 0
+        next_log = log_every
+        t0 = time.perf_counter()
+        for start in range(0, n, batch_size):
+            idx = perm[start:start + batch_size]
+            y = labels[idx]
+            losses, probs = model.train_batch(model.preprocess(images[idx]), y)
+            optimizer.step(model.params, model.grads)
+            state.step += 1
+            b_loss = float(losses.sum())
+            if not math.isfinite(b_loss):
+                raise TrainingError(
+                    f"loss became {b_loss} at epoch {epoch + 1}, step {state.step} (image {start + len(idx)} "
+                    f"of {n}); the run diverged: try a smaller lr than lr={optimizer.lr:g}")
+            b_correct = int((probs.argmax(axis=1) == y).sum())
+            ep_loss += b_loss
+            ep_correct += b_correct
+            w_loss += b_loss
+            w_correct += b_correct
+            w_n += len(idx)
+            done = start + len(idx)
+            if done >= next_log:
+                log(f"[Step {done}] Past {w_n} steps: Average Loss {w_loss / w_n:.3f} | "
+                    f"Accuracy: {round(100 * w_correct / w_n)}%")
+                tracker.log_metrics({"train/loss": w_loss / w_n, "train/acc": w_correct / w_n},
+                                    step=state.images_seen + done)
+                w_loss, w_correct, w_n = 0.0, 0, 0
+                next_log = (done // log_every + 1) * log_every
+        seconds = time.perf_counter() - t0
+        state.images_seen += n
+        state.epoch = epoch + 1
+        m = {"train/epoch_loss": ep_loss / n, "train/epoch_acc": ep_correct / n,
+             "perf/epoch_seconds": seconds, "perf/images_per_sec": n / seconds if seconds > 0 else float("inf")}
+        for split in ("val", "test"):
+            x, yy = getattr(splits, split)
+            if len(x):
+                m[f"{split}/loss"], m[f"{split}/acc"] = model.evaluate(x, np.asarray(yy, np.intp), eval_batch_size)
+        tracker.log_metrics(m, step=state.epoch)
+        state.history.append(m)
+        parts = [f"train loss {m['train/epoch_loss']:.3f} acc {100 * m['train/epoch_acc']:.1f}%"]
+        parts += [f"{s} loss {m[s + '/loss']:.3f} acc {100 * m[s + '/acc']:.1f}%" for s in ("val", "test")
+                  if s + "/loss" in m]
+        log(f"Epoch {state.epoch}: " + " | ".join(parts) + f" | {n:,} images in {seconds:.2f} s "
+            f"({m['perf/images_per_sec']:,.0f} img/s)")
+        if on_epoch_end is not None:
+            on_epoch_end(state)
+    return state
