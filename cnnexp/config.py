@@ -79,8 +79,27 @@ def _num(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
+def _check_keys(cfg: dict, schema, where: str = "") -> None:
+    """Reject keys the schema does not define (``+foo=1`` slips past Hydra's struct mode)."""
+    from dataclasses import fields, is_dataclass
+
+    known = {f.name: f for f in fields(schema)}
+    for k, v in cfg.items():
+        if k not in known:
+            import difflib
+
+            hint = difflib.get_close_matches(k, list(known), n=1)
+            dym = f" (did you mean {where + hint[0]!r}?)" if hint else ""
+            inside = f" in {where.rstrip('.')}" if where else ""
+            raise ConfigError(f"unknown config key {where + k!r}{dym}; valid keys{inside}: {', '.join(sorted(known))}")
+        default = known[k].default_factory() if callable(known[k].default_factory) else None
+        if is_dataclass(default) and isinstance(v, dict):
+            _check_keys(v, type(default), f"{where}{k}.")
+
+
 def validate(cfg: dict) -> None:
     """Raise ConfigError (one line) for the first invalid value in a resolved config dict."""
+    _check_keys({k: v for k, v in cfg.items() if k != "hydra"}, Config)
 
     def need(ok: bool, key: str, value, valid: str):
         if not ok:

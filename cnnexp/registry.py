@@ -68,13 +68,16 @@ class Registry:
 
     def build(self, name: str, kwargs: dict[str, Any] | None = None, where: str = "") -> Any:
         """Call the registered object with ``kwargs``, naming unexpected or missing ones."""
-        cls = self.get(name)
+        try:
+            cls = self.get(name)
+        except ConfigError as e:
+            raise ConfigError(f"{where}: {e}" if where else str(e)) from None
         kwargs = dict(kwargs or {})
         check_kwargs(cls, kwargs, f"{where or self.kind} {name!r}")
         try:
             return cls(**kwargs)
-        except (TypeError, ValueError) as e:
-            raise ConfigError(f"{where or self.kind} {name!r}: {e}") from e
+        except (TypeError, ValueError, ConfigError) as e:
+            raise ConfigError(f"{where or self.kind} {name!r}: {e}") from None
 
 
 def check_kwargs(fn: Callable[..., Any], kwargs: dict[str, Any], what: str) -> None:

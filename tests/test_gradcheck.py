@@ -425,7 +425,8 @@ def _model_and_batch(name, n=3, seed=0):
 def test_model_param_grads(name):
     model, x, labels = _model_and_batch(name)
     assert all(p.dtype == np.float64 for p in model.params.values())
-    check_model(model, x, labels)  # every entry of every parameter
+    # every entry of every parameter, except a fixed random 3000 of lenet's 120x84 dense matrix
+    check_model(model, x, labels, max_per_param=3000)
 
 
 def test_seed_model_shapes_and_param_names():

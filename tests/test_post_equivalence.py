@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import gradcheck  # noqa: F401  (puts the repo root on sys.path)
+import gradcheck  # noqa: F401  (makes cnnexp importable from a bare checkout)
 import post_reference as post
 
 from cnnexp.model import build_model

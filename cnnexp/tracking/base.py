@@ -24,6 +24,10 @@ class Tracker:
 
     def log_model(self, model: Any, example: Any) -> None: ...
 
+    def log_results(self, result: dict[str, Any]) -> None:
+        """Log what only the finished run has (weights, model, plots). ``result`` is what
+        ``cnnexp.app.run`` returns: metrics, state, model, optimizer, dataset, splits."""
+
     def flush(self) -> None: ...
 
     def finish(self, status: str = "FINISHED", error: str | None = None) -> None:
@@ -45,6 +49,7 @@ class MemoryTracker(Tracker):
         self.texts: dict[str, str] = {}
         self.status: str | None = None
         self.error: str | None = None
+        self.results: dict[str, Any] | None = None
 
     def log_params(self, params):
         self.params.update(params)
@@ -61,6 +66,9 @@ class MemoryTracker(Tracker):
 
     def log_text(self, text, artifact_file):
         self.texts[artifact_file] = text
+
+    def log_results(self, result):
+        self.results = result
 
     def finish(self, status="FINISHED", error=None):
         self.status, self.error = status, error

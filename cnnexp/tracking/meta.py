@@ -13,6 +13,7 @@ from typing import Any
 MAX_KEY = 250  # MLflow's limit on param / metric / tag keys
 MAX_PARAM_VALUE = 6000  # MLflow's limit on a param value (500 before MLflow 2.6)
 MAX_RUN_NAME = 250
+PARENT_ENV = "CNNEXP_PARENT_RUN_ID"  # set by the sweep callback: the parent run of a sweep's jobs
 
 
 def scalar(v: Any) -> str:

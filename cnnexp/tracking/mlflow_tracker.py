@@ -1,0 +1,254 @@
+"""MLflow behind the Tracker interface: one MLflow run per cnnexp run (or sweep job).
+
+Cost: params, tags and metric points are buffered and sent with ``log_batch`` at the end of
+each epoch (when a call carries per-epoch metrics), when 1,000 points are waiting, after
+30 s, and at ``finish``; one batch costs about as much as one ``log_metric`` call.
+``perf/tracking_seconds`` records the time spent in this class (imports included).
+"""
+
+from __future__ import annotations
+
+import getpass
+import logging
+import os
+import socket
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from .. import __version__
+from ..errors import TrackingError
+from ..paths import checkout_root, outputs_dir
+from .base import Tracker
+from .meta import MAX_PARAM_VALUE, PARENT_ENV, flatten, git_commit, run_name, scalar
+
+logger = logging.getLogger("cnnexp")
+INTERVAL_KEYS = {"train/loss", "train/acc"}  # every other metric is logged once per epoch
+MAX_TAG_VALUE = 8000
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0] if text else ''}"
+
+
+def sweep_id(sweep_dir: str | None) -> str | None:
+    """The sweep's directory relative to the outputs folder, e.g. ``multirun/2025-01-31/12-00-00.123456``."""
+    if not sweep_dir:
+        return None
+    try:
+        return str(Path(sweep_dir).resolve().relative_to(outputs_dir()))
+    except ValueError:
+        return str(sweep_dir)
+
+
+def common_tags(cfg: dict, info: dict) -> dict[str, str]:
+    """Tags shared by runs and sweep parents: source, user, host, git commit, overrides."""
+    try:
+        user = getpass.getuser()
+    except Exception:  # noqa: BLE001  (no user name in some containers)
+        user = str(os.getuid())
+    tags = {"mlflow.source.name": "cnnexp", "mlflow.source.type": "LOCAL", "mlflow.user": user,
+            "mlflow.source.git.commit": git_commit(checkout_root()), "cnnexp.version": __version__,
+            "cnnexp.host": socket.gethostname(), "cnnexp.pid": str(os.getpid()),
+            "hydra.overrides": " ".join(info.get("overrides") or [])}
+    return {k: _clip(str(v), MAX_TAG_VALUE) for k, v in tags.items() if v not in (None, "")}
+
+
+def run_tags(cfg: dict, info: dict) -> dict[str, str]:
+    tags = common_tags(cfg, info)
+    tags.update({"model.name": str(cfg["model"].get("name", "")), "data.name": str(cfg["data"]["name"]),
+                 "hydra.output_dir": str(info.get("output_dir") or "")})
+    if info.get("multirun"):
+        tags.update({"sweep.id": sweep_id(info.get("sweep_dir")), "sweep.job_num": str(info.get("job_num"))})
+        if os.environ.get(PARENT_ENV):
+            tags["mlflow.parentRunId"] = os.environ[PARENT_ENV]
+    return {k: v for k, v in tags.items() if v not in (None, "")}
+
+
+class MlflowTracker(Tracker):
+    FLUSH_POINTS = 1000
+    FLUSH_SECONDS = 30.0
+
+    def __init__(self, client, run_id: str, uri: str, cfg: dict, info: dict):
+        self.client, self.run_id, self.uri, self.cfg, self.info = client, run_id, uri, cfg, info
+        self.points: dict[str, list[tuple[int, float]]] = {}  # everything logged, for the curves
+        self.seconds = 0.0  # time spent tracking
+        self._params: dict[str, str] = {}
+        self._tags: dict[str, str] = {}
+        self._metrics: list[tuple[str, float, int, int]] = []
+        self._last_flush = time.monotonic()
+        self._warned = False
+        self._done = False
+        self._errors: list[str] = []
+
+    # -- lifecycle ------------------------------------------------------------------------
+    @classmethod
+    def start(cls, cfg: dict, info: dict) -> "MlflowTracker":
+        """Create the run (and the store and experiment when needed); log params, tags, config."""
+        t0 = time.perf_counter()
+        from . import store
+
+        tcfg = cfg.get("tracking") or {}
+        uri = store.resolve_uri(tcfg.get("uri"))
+        experiment = tcfg.get("experiment") or "cnnexp"
+        name = run_name(info.get("overrides"))
+        try:
+            client = store.client(uri)
+            exp_id = store.experiment_id(client, experiment, uri)
+            if store.sqlite_path(uri) is not None:
+                store.reap_stale_runs(client, exp_id, socket.gethostname())
+            run = store.retry(client.create_run, exp_id, run_name=name, tags=run_tags(cfg, info))
+        except TrackingError:
+            raise
+        except Exception as e:
+            raise TrackingError(f"cannot start an MLflow run in {uri}: {_first_line(e)}") from e
+        self = cls(client, run.info.run_id, uri, cfg, info)
+        self.log_params(flatten(cfg))
+        self._log_config()
+        self.flush()
+        self.seconds += time.perf_counter() - t0
+        logger.info(f"MLflow run {self.run_id} ({name}) in experiment '{experiment}' at {uri}")
+        return self
+
+    def finish(self, status: str = "FINISHED", error: str | None = None) -> None:
+        """Flush and end the run (FINISHED, FAILED or KILLED); the error goes to the run's note.
+        Safe to call more than once: only the first call counts."""
+        if self._done:
+            return
+        self._done = True
+        t0 = time.perf_counter()
+        if error:
+            self._tags["mlflow.note.content"] = _clip(error, MAX_TAG_VALUE)
+            self._tags["error"] = _clip(error.strip().splitlines()[0] if error.strip() else error, 500)
+        if self._errors:
+            self._tags["cnnexp.tracking_errors"] = _clip("; ".join(self._errors), MAX_TAG_VALUE)
+        self._log_job_log()
+        self.seconds += time.perf_counter() - t0
+        self.log_metrics({"perf/tracking_seconds": self.seconds}, step=0)
+        self.flush()
+        from .store import retry
+
+        try:
+            retry(self.client.set_terminated, self.run_id, status)
+        except Exception as e:  # noqa: BLE001
+            logger.error(f"cnnexp: could not end MLflow run {self.run_id} as {status}: {_first_line(e)}")
+
+    # -- buffered logging -----------------------------------------------------------------
+    def log_params(self, params: dict[str, Any]) -> None:
+        self._params.update({k: _clip(v if isinstance(v, str) else scalar(v), MAX_PARAM_VALUE)
+                             for k, v in params.items()})
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        self._tags.update({k: _clip(str(v), MAX_TAG_VALUE) for k, v in tags.items() if v is not None})
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        ts = int(time.time() * 1000)
+        for k, v in metrics.items():
+            v = float(v)
+            self._metrics.append((k, v, ts, int(step)))
+            self.points.setdefault(k, []).append((int(step), v))
+        if (len(self._metrics) >= self.FLUSH_POINTS or not set(metrics) <= INTERVAL_KEYS
+                or time.monotonic() - self._last_flush >= self.FLUSH_SECONDS):
+            self.flush()
+
+    def flush(self) -> None:
+        """Send what is buffered, in batches within MLflow's limits. A failure is reported once
+        and the data kept for the next flush: tracking trouble never stops training."""
+        if not (self._params or self._tags or self._metrics):
+            return
+        from mlflow.entities import Metric, Param, RunTag
+
+        from .store import retry
+
+        t0 = time.perf_counter()
+        try:
+            while self._params or self._tags:
+                params = list(self._params.items())[:100]
+                tags = list(self._tags.items())[: 100 - len(params)]
+                retry(self.client.log_batch, self.run_id, params=[Param(k, v) for k, v in params],
+                      tags=[RunTag(k, v) for k, v in tags])
+                for k, _ in params:
+                    del self._params[k]
+                for k, _ in tags:
+                    del self._tags[k]
+            while self._metrics:
+                chunk = self._metrics[:1000]
+                retry(self.client.log_batch, self.run_id, metrics=[Metric(*m) for m in chunk])
+                del self._metrics[: len(chunk)]
+        except Exception as e:  # noqa: BLE001
+            if not self._warned:
+                logger.warning(f"cnnexp: MLflow logging failed ({_first_line(e)}); will retry")
+                self._warned = True
+        self._last_flush = time.monotonic()
+        self.seconds += time.perf_counter() - t0
+
+    # -- files ----------------------------------------------------------------------------
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        from .store import retry
+
+        retry(self.client.log_artifact, self.run_id, str(path), artifact_path)
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        from .store import retry
+
+        retry(self.client.log_text, self.run_id, text, artifact_file)
+
+    def log_model(self, model: Any, example: Any, class_names=None) -> None:
+        """``runs:/<id>/model``: a pyfunc model built from the weights and spec files."""
+        from .export import model_spec, save_model_files
+        from .pyfunc import log_pyfunc
+
+        with tempfile.TemporaryDirectory(prefix="cnnexp-model-") as tmp:
+            spec = model_spec(model, class_names, self.cfg.get("plugins"))
+            weights, spec_path = save_model_files(model, spec, tmp)
+            log_pyfunc(self.run_id, weights, spec_path, example, str(model.dtype), model.output_shape[0])
+
+    def log_results(self, result: dict[str, Any]) -> None:
+        """Weights + spec, model summary, plots and the pyfunc model of a finished run."""
+        t0 = time.perf_counter()
+        from .artifacts import write_artifacts
+
+        tcfg = self.cfg.get("tracking") or {}
+        if tcfg.get("log_artifacts", True):
+            with tempfile.TemporaryDirectory(prefix="cnnexp-artifacts-") as tmp:
+                self._errors += write_artifacts(result, self.cfg, self.points, Path(tmp))
+                self._guard("artifacts", self.client.log_artifacts, self.run_id, tmp)
+        if tcfg.get("log_model", True):
+            x = result["splits"].test[0]
+            example = x[:2] if len(x) else result["splits"].train[0][:2]
+            self._guard("model", self.log_model, result["model"], example, result["dataset"].class_names)
+        self.seconds += time.perf_counter() - t0
+
+    def _guard(self, what: str, fn, *args) -> None:
+        """Run one logging step; a failure is reported and recorded on the run, not raised."""
+        from .store import retry
+
+        try:
+            retry(fn, *args)
+        except Exception as e:  # noqa: BLE001
+            logger.warning(f"cnnexp: could not log the {what}: {_first_line(e)}")
+            self._errors.append(f"{what}: {_first_line(e)}")
+
+    def _log_config(self) -> None:
+        """The resolved config and Hydra's ``.hydra/`` files, at the start: failed runs keep them."""
+        from omegaconf import OmegaConf
+
+        self._guard("config", self.client.log_text, self.run_id, OmegaConf.to_yaml(self.cfg), "config.yaml")
+        hydra_dir = Path(self.info.get("output_dir") or "") / ".hydra"
+        if self.info.get("output_dir") and hydra_dir.is_dir():
+            self._guard("hydra files", self.client.log_artifacts, self.run_id, str(hydra_dir), "hydra")
+
+    def _log_job_log(self) -> None:
+        """The job's log file (the console output, timestamped), as far as it goes."""
+        out, job = self.info.get("output_dir"), self.info.get("job_name")
+        path = Path(out or "") / f"{job}.log"
+        if out and job and path.is_file():
+            for h in logging.getLogger().handlers:
+                h.flush()
+            self._guard("log file", self.client.log_artifact, self.run_id, str(path))

@@ -1,0 +1,106 @@
+"""The run's pictures: confusion matrix, learning curves, misclassified test images, the first
+conv layer's filters. Matplotlib is imported lazily and used without pyplot (Agg canvas, no
+global state), so plotting works in any process and thread.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def _figure(w: float, h: float):
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(w, h), dpi=100, layout="constrained")
+
+
+def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n: int) -> np.ndarray:
+    """``cm[i, j]`` = number of test images of class i predicted as j."""
+    cm = np.zeros((n, n), dtype=np.int64)
+    np.add.at(cm, (np.asarray(y_true, np.intp), np.asarray(y_pred, np.intp)), 1)
+    return cm
+
+
+def save_confusion(cm: np.ndarray, names: list[str], folder: Path) -> None:
+    """``confusion_matrix.csv`` (rows: true class, columns: predicted) and ``.png``."""
+    rows = ["true\\pred," + ",".join(names)]
+    rows += [names[i] + "," + ",".join(str(v) for v in cm[i]) for i in range(len(names))]
+    (folder / "confusion_matrix.csv").write_text("\n".join(rows) + "\n")
+    n = len(names)
+    fig = _figure(1.0 + 0.55 * n, 0.8 + 0.5 * n)
+    ax = fig.add_subplot()
+    ax.imshow(cm, cmap="Blues")
+    for i in range(n):
+        for j in range(n):
+            if cm[i, j]:
+                ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=8,
+                        color="white" if cm[i, j] > cm.max() / 2 else "black")
+    ax.set_xticks(range(n), names, rotation=45 if max(map(len, names)) > 2 else 0, ha="right")
+    ax.set_yticks(range(n), names)
+    acc = np.trace(cm) / max(cm.sum(), 1)
+    ax.set(xlabel="predicted", ylabel="true", title=f"Confusion matrix (test acc {acc:.1%})")
+    fig.savefig(folder / "confusion_matrix.png")
+
+
+def save_learning_curves(points: dict[str, list[tuple[int, float]]], n_train: int, path: Path) -> None:
+    """Loss and accuracy against epochs: ``train/loss|acc`` (step = images seen) and the
+    per-epoch ``train/epoch_*``, ``val/*``, ``test/*`` (step = epoch)."""
+    fig = _figure(10, 4)
+    for ax, what in zip(fig.subplots(1, 2), ("loss", "acc")):
+        for key, style in ((f"train/{what}", dict(alpha=0.4, lw=1)), (f"train/epoch_{what}", dict(marker="o")),
+                           (f"val/{what}", dict(marker="s")), (f"test/{what}", dict(marker="^"))):
+            pts = points.get(key) or []
+            if not pts:
+                continue
+            x = np.array([s for s, _ in pts], dtype=float)
+            if key in ("train/loss", "train/acc"):
+                x = x / max(n_train, 1)
+            ax.plot(x, [v for _, v in pts], label=key, **style)
+        ax.set(xlabel="epoch", ylabel=what, title="Loss" if what == "loss" else "Accuracy")
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize=8)
+    fig.savefig(path)
+
+
+def save_misclassified(images: np.ndarray, y_true: np.ndarray, probs: np.ndarray, names: list[str],
+                       path: Path, limit: int = 36) -> int:
+    """A grid of the first ``limit`` misclassified test images, titled "true -> predicted (p)".
+    Returns how many test images were misclassified."""
+    pred = probs.argmax(axis=1)
+    wrong = np.flatnonzero(pred != y_true)
+    shown = wrong[:limit]
+    cols = 6
+    rows = max(1, -(-len(shown) // cols))
+    fig = _figure(1.6 * cols, 1.8 * rows)
+    fig.suptitle(f"{len(wrong)} of {len(y_true)} test images misclassified" +
+                 (f" (first {len(shown)})" if len(wrong) > len(shown) else ""))
+    for k in range(rows * cols):
+        ax = fig.add_subplot(rows, cols, k + 1)
+        ax.axis("off")
+        if k < len(shown):
+            i = shown[k]
+            img = np.asarray(images[i])
+            ax.imshow(img[..., 0] if img.ndim == 3 and img.shape[-1] == 1 else img, cmap="gray")
+            ax.set_title(f"{names[y_true[i]]} -> {names[pred[i]]} ({probs[i, pred[i]]:.2f})", fontsize=8)
+    fig.savefig(path)
+    return len(wrong)
+
+
+def save_filters(w: np.ndarray, path: Path, title: str, limit: int = 64) -> None:
+    """Conv kernels ``(kh, kw, in_channels, filters)`` as a grid (averaged over input channels)."""
+    k = np.asarray(w, dtype=float).mean(axis=2)
+    n = min(k.shape[-1], limit)
+    cols = min(n, 8)
+    rows = -(-n // cols)
+    fig = _figure(1.3 * cols, 1.4 * rows + 0.4)
+    fig.suptitle(title)
+    lim = float(np.abs(k).max()) or 1.0
+    for f in range(n):
+        ax = fig.add_subplot(rows, cols, f + 1)
+        ax.imshow(k[..., f], cmap="RdBu_r", vmin=-lim, vmax=lim)
+        ax.set_title(str(f), fontsize=8)
+        ax.axis("off")
+    fig.savefig(path)

@@ -1,0 +1,174 @@
+"""Where runs go: the tracking URI, the SQLite store's schema, the experiment.
+
+Which store (first that is set):
+  1. ``tracking.uri`` in the config (``python -m cnnexp tracking.uri=http://127.0.0.1:5000``)
+  2. ``$MLFLOW_TRACKING_URI``
+  3. ``sqlite:///<outputs>/mlflow.db``, artifacts in ``<outputs>/mlartifacts/`` (absolute paths)
+
+The config key wins because it is the more explicit choice: it is written on the command line
+or in a checked-in preset, while the environment variable is ambient.
+
+Parallel jobs share one SQLite file, so the schema is created once under a file lock (MLflow
+creating its tables from several processes at once loses runs), the experiment is
+got-or-created under the same lock, and writes are retried on "database is locked".
+MLflow is imported lazily: importing this module is cheap.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import random
+import re
+import time
+import urllib.error
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, TypeVar
+
+from ..errors import TrackingError
+from ..paths import outputs_dir
+
+logger = logging.getLogger("cnnexp")
+T = TypeVar("T")
+ENV_URI = "MLFLOW_TRACKING_URI"
+LOCKED = ("database is locked", "database table is locked", "database schema is locked")
+
+
+def default_uri() -> str:
+    return "sqlite:///" + str(outputs_dir() / "mlflow.db")
+
+
+def artifact_root() -> Path:
+    return outputs_dir() / "mlartifacts"
+
+
+def resolve_uri(cfg_uri: str | None = None) -> str:
+    """The tracking URI to use (see the module docstring); relative SQLite paths made absolute."""
+    uri = cfg_uri or os.environ.get(ENV_URI) or default_uri()
+    path = sqlite_path(uri)
+    return "sqlite:///" + str(path) if path is not None else uri
+
+
+def sqlite_path(uri: str) -> Path | None:
+    if not uri.startswith("sqlite:///"):
+        return None
+    return Path(uri[len("sqlite:///"):]).expanduser().resolve()
+
+
+def is_http(uri: str) -> bool:
+    return uri.startswith(("http://", "https://"))
+
+
+@contextmanager
+def file_lock(path: Path):
+    """An exclusive ``fcntl`` lock on ``path`` (created if needed), held for the block."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def retry(fn: Callable[..., T], *args, tries: int = 10, **kwargs) -> T:
+    """Call ``fn``, retrying with jittered backoff while SQLite says the database is locked."""
+    for i in range(tries):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as e:  # MlflowException wrapping sqlalchemy's OperationalError
+            if i == tries - 1 or not any(s in str(e).lower() for s in LOCKED):
+                raise
+            time.sleep(min(2.0, 0.05 * 2 ** i) * (0.5 + random.random()))
+    raise AssertionError("unreachable")
+
+
+def _lock_path(db: Path) -> Path:
+    return db.with_name(db.name + ".lock")
+
+
+def ensure_store(uri: str) -> None:
+    """Make sure the store can be used: the SQLite schema exists (created under a lock, with
+    ``<outputs>/mlartifacts`` as default artifact root), or the server answers."""
+    db = sqlite_path(uri)
+    if db is not None:
+        with file_lock(_lock_path(db)):
+            if not db.exists() or db.stat().st_size == 0:
+                from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+                logger.info(f"Creating the MLflow store {db}")
+                SqlAlchemyStore(uri, artifact_root().as_uri())
+    elif is_http(uri):
+        try:
+            urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=10).close()
+        except (urllib.error.URLError, OSError) as e:
+            reason = getattr(e, "reason", e)
+            raise TrackingError(f"cannot reach the MLflow server at {uri} ({reason}); start it, or unset "
+                                f"tracking.uri / {ENV_URI} to use the local store") from None
+
+
+def client(uri: str):
+    """An MlflowClient on a store that is ready to use."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    ensure_store(uri)
+    mlflow.set_tracking_uri(uri)  # for mlflow.models.Model.log, which reads the global URI
+    return MlflowClient(uri)
+
+
+def experiment_id(client, name: str, uri: str) -> str:
+    """Get or create the experiment; for SQLite under the store's lock."""
+    exp = retry(client.get_experiment_by_name, name)
+    if exp is None:
+        db = sqlite_path(uri)
+        if db is None:
+            return _create_experiment(client, name, None)
+        with file_lock(_lock_path(db)):
+            exp = retry(client.get_experiment_by_name, name)
+            if exp is None:
+                location = (artifact_root() / re.sub(r"[^\w.-]+", "_", name)).as_uri()
+                return _create_experiment(client, name, location)
+    if exp.lifecycle_stage == "deleted":
+        raise TrackingError(f"experiment {name!r} was deleted in {uri}; restore it "
+                            f"(mlflow experiments restore --experiment-id {exp.experiment_id}) "
+                            f"or choose another name with tracking.experiment=...")
+    return exp.experiment_id
+
+
+def _create_experiment(client, name: str, location: str | None) -> str:
+    try:
+        return retry(client.create_experiment, name, artifact_location=location)
+    except Exception as e:  # another process (or a server) created it first
+        if "already exists" not in str(e).lower() and "RESOURCE_ALREADY_EXISTS" not in str(e):
+            raise
+        return client.get_experiment_by_name(name).experiment_id
+
+
+def reap_stale_runs(client, exp_id: str, host: str) -> None:
+    """Runs of this host whose process is gone (killed with SIGKILL, machine rebooted) are
+    still RUNNING: end them as KILLED. Only for local stores, where pids mean something."""
+    try:
+        runs = client.search_runs([exp_id], "attributes.status = 'RUNNING' and tags.`cnnexp.host` = "
+                                  f"'{host}'", max_results=200)
+    except Exception:  # noqa: BLE001  (best effort)
+        return
+    for r in runs:
+        pid = r.data.tags.get("cnnexp.pid", "")
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            note = f"process {pid} on {host} ended without ending this run (killed?); marked KILLED later"
+            retry(client.set_tag, r.info.run_id, "mlflow.note.content", note)
+            retry(client.set_terminated, r.info.run_id, "KILLED")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
