@@ -12,6 +12,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
+import numpy as np
+
 from .config import validate
 from .errors import ConfigError
 from .model import Model, build_model
@@ -97,9 +99,11 @@ def run(cfg: dict, tracker: Tracker | None = None, log: Callable[[str], None] | 
     tracker.set_tags({"data.source": ds.source, "data.location": str(ds.location)})
     log("MNIST CNN initialized!" if ds.name.startswith("mnist") else f"{ds.name} CNN initialized!")
     t0 = time.perf_counter()
-    state = fit(exp.model, exp.optimizer, splits, epochs=cfg["epochs"], batch_size=cfg["batch_size"],
-                seed=cfg["seed"], log_every=cfg["log_every"], eval_batch_size=cfg["eval_batch_size"],
-                tracker=tracker, log=log, state=state, on_epoch_end=on_epoch_end)
+    # overflow shows up as a NaN/inf loss, which fit() reports with the step: no numpy warnings
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
+        state = fit(exp.model, exp.optimizer, splits, epochs=cfg["epochs"], batch_size=cfg["batch_size"],
+                    seed=cfg["seed"], log_every=cfg["log_every"], eval_batch_size=cfg["eval_batch_size"],
+                    tracker=tracker, log=log, state=state, on_epoch_end=on_epoch_end)
     train_seconds = time.perf_counter() - t0
     final = state.history[-1] if state.history else {}
     log("\n--- Testing the CNN ---")

@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
+import threading
+from contextlib import contextmanager
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -57,6 +60,23 @@ def make_tracker(cfg: dict, info: dict):
     return MlflowTracker.start(cfg, info)
 
 
+@contextmanager
+def sigterm_as_interrupt():
+    """SIGTERM raises KeyboardInterrupt (in the main thread), so runs end KILLED, not RUNNING."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
 def hydra_main(dcfg: DictConfig) -> float | None:
     from .app import prepare, run
@@ -64,16 +84,18 @@ def hydra_main(dcfg: DictConfig) -> float | None:
     cfg = OmegaConf.to_container(dcfg, resolve=True)
     info = job_info()
     tracker = None
-    try:
-        exp = prepare(cfg)
-        tracker = make_tracker(cfg, info)
-        result = run(cfg, tracker=tracker, exp=exp)
-        tracker.finish("FINISHED")
+    status, error = "FAILED", "the run ended without reporting why"
+    try:  # the tracker's run always ends (finally): FINISHED, FAILED or KILLED, never RUNNING
+        with sigterm_as_interrupt():
+            exp = prepare(cfg)
+            tracker = make_tracker(cfg, info)
+            result = run(cfg, tracker=tracker, exp=exp)
+            tracker.log_results(result)  # weights, model, plots: needs the trained model
+        status, error = "FINISHED", None
         m = result["metrics"]
         return float(m.get("val/acc", m.get("test/acc", float("nan"))))
     except CnnexpError as e:
-        if tracker is not None:
-            tracker.finish("FAILED", f"{type(e).__name__}: {e}")
+        error = f"{type(e).__name__}: {e}"
         if debug():
             raise
         fail(e)
@@ -82,20 +104,25 @@ def hydra_main(dcfg: DictConfig) -> float | None:
             return None
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
-        if tracker is not None:
-            tracker.finish("KILLED", "interrupted (SIGINT/SIGTERM)")
+        status, error = "KILLED", "interrupted (SIGINT/SIGTERM)"
         print("cnnexp: interrupted", file=sys.stderr, flush=True)
         sys.exit(130)
     except BaseException as e:
-        if tracker is not None:
-            import traceback
+        import traceback
 
-            tracker.finish("FAILED", "".join(traceback.format_exception(e))[-5000:])
+        error = "".join(traceback.format_exception(e))[-5000:]
         raise
+    finally:
+        if tracker is not None:
+            tracker.finish(status, error)
 
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["runs"]:  # `cnnexp runs ...` = `python -m cnnexp.runs ...`
+        from .runs import main as runs_main
+
+        sys.exit(runs_main(argv[1:]))
     from . import preflight
 
     try:
@@ -106,7 +133,13 @@ def main(argv: list[str] | None = None) -> None:
         fail(e)
         sys.exit(e.exit_code)
     sys.argv = [sys.argv[0]] + list(argv)
-    hydra_main()
+    try:
+        with sigterm_as_interrupt():
+            hydra_main()
+    except BaseException as e:  # a sweep cut short: end its parent run KILLED / FAILED
+        if "cnnexp.tracking.callbacks" in sys.modules:
+            sys.modules["cnnexp.tracking.callbacks"].close_open_sweeps(e)
+        raise
     if FAILED_JOBS:
         print(f"cnnexp: {len(FAILED_JOBS)} job(s) failed: " + "; ".join(FAILED_JOBS), file=sys.stderr)
         sys.exit(1)

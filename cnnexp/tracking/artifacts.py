@@ -49,7 +49,8 @@ def write_artifacts(result: dict[str, Any], cfg: dict, points: dict, folder: Pat
         cm = plots.confusion_matrix(y, probs.argmax(axis=1), len(names))
         attempt("confusion matrix", plots.save_confusion, cm, names, out)
         attempt("misclassified images", plots.save_misclassified, x, y, probs, names, out / "misclassified.png")
-    conv = next((l for l in model.layers if type(l).__name__.lower().startswith("conv") and "W" in l.params), None)
+    types = [str(ls.get("type", "")) for ls in model.spec.get("layers", [])]
+    conv = next((l for l, t in zip(model.layers, types) if t.startswith("conv") and "W" in l.params), None)
     if conv is not None:
         attempt("conv filters", plots.save_filters, conv.params["W"], out / "conv_filters.png",
                 f"{conv.name}: {conv.params['W'].shape[-1]} filters {conv.params['W'].shape[0]}x"

@@ -75,8 +75,9 @@ class MlflowTracker(Tracker):
     FLUSH_POINTS = 1000
     FLUSH_SECONDS = 30.0
 
-    def __init__(self, client, run_id: str, uri: str, cfg: dict, info: dict):
-        self.client, self.run_id, self.uri, self.cfg, self.info = client, run_id, uri, cfg, info
+    def __init__(self, client, run_id: str, experiment_id: str, uri: str, cfg: dict, info: dict):
+        self.client, self.run_id, self.experiment_id = client, run_id, experiment_id
+        self.uri, self.cfg, self.info = uri, cfg, info
         self.points: dict[str, list[tuple[int, float]]] = {}  # everything logged, for the curves
         self.seconds = 0.0  # time spent tracking
         self._params: dict[str, str] = {}
@@ -108,7 +109,7 @@ class MlflowTracker(Tracker):
             raise
         except Exception as e:
             raise TrackingError(f"cannot start an MLflow run in {uri}: {_first_line(e)}") from e
-        self = cls(client, run.info.run_id, uri, cfg, info)
+        self = cls(client, run.info.run_id, exp_id, uri, cfg, info)
         self.log_params(flatten(cfg))
         self._log_config()
         self.flush()
@@ -207,7 +208,8 @@ class MlflowTracker(Tracker):
         with tempfile.TemporaryDirectory(prefix="cnnexp-model-") as tmp:
             spec = model_spec(model, class_names, self.cfg.get("plugins"))
             weights, spec_path = save_model_files(model, spec, tmp)
-            log_pyfunc(self.run_id, weights, spec_path, example, str(model.dtype), model.output_shape[0])
+            log_pyfunc(self.run_id, self.experiment_id, weights, spec_path, example, str(model.dtype),
+                       model.output_shape[0])
 
     def log_results(self, result: dict[str, Any]) -> None:
         """Weights + spec, model summary, plots and the pyfunc model of a finished run."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from pathlib import Path
 
 import mlflow
@@ -54,25 +55,28 @@ class CnnPyfunc(mlflow.pyfunc.PythonModel):
         return self.model.predict_proba(to_images(model_input, self.model.input_shape))
 
 
-def log_pyfunc(run_id: str, weights: Path, spec: Path, example: np.ndarray, output_dtype: str,
-               num_classes: int):
+def log_pyfunc(run_id: str, experiment_id: str, weights: Path, spec: Path, example: np.ndarray,
+               output_dtype: str, num_classes: int):
     """Log the model as ``runs:/<run_id>/model``. Requirements are given, not inferred (inference
     would re-import the model in a subprocess: seconds per run)."""
     from mlflow.models import Model, ModelSignature
     from mlflow.types import Schema, TensorSpec
 
     signature = ModelSignature(outputs=Schema([TensorSpec(np.dtype(output_dtype), (-1, num_classes))]))
+    mlflow.set_experiment(experiment_id=experiment_id)  # where MLflow 3 puts the LoggedModel
     quiet = logging.getLogger("mlflow.pyfunc")
     level = quiet.level
     quiet.setLevel(logging.ERROR)  # not the cloudpickle warning: the class is imported by name
     try:
-        return Model.log(
-            artifact_path=None, name="model", flavor=mlflow.pyfunc, run_id=run_id,
-            python_model=CnnPyfunc(), artifacts={"weights": str(weights), "spec": str(spec)},
-            signature=signature, input_example=example,
-            pip_requirements=[f"mlflow=={mlflow.__version__}", f"numpy=={np.__version__}"],
-            metadata={"input": INPUT_DOC, "code": "needs the cnnexp package installed"},
-            flavor_name="python_function",
-        )
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*type hints.*")  # the signature is given
+            return Model.log(
+                artifact_path=None, name="model", flavor=mlflow.pyfunc, run_id=run_id,
+                python_model=CnnPyfunc(), artifacts={"weights": str(weights), "spec": str(spec)},
+                signature=signature, input_example=example,
+                pip_requirements=[f"mlflow=={mlflow.__version__}", f"numpy=={np.__version__}"],
+                metadata={"input": INPUT_DOC, "code": "needs the cnnexp package installed"},
+                flavor_name="python_function",
+            )
     finally:
         quiet.setLevel(level)

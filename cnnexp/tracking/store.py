@@ -115,6 +115,7 @@ def client(uri: str):
     import mlflow
     from mlflow.tracking import MlflowClient
 
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no tqdm bars in run logs
     ensure_store(uri)
     mlflow.set_tracking_uri(uri)  # for mlflow.models.Model.log, which reads the global URI
     return MlflowClient(uri)
