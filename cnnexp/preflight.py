@@ -85,14 +85,30 @@ def explain(exc: BaseException, base_cfg=None) -> str:
     return "; ".join(first[:2]) if first else type(exc).__name__
 
 
+ALLOWED_TARGETS = ("cnnexp.", "hydra.", "hydra_plugins.")
+
+
+def check_targets(node, where: str = "") -> None:
+    """No free ``_target_``: a config may only instantiate cnnexp's own classes and Hydra's
+    (launchers, sweepers). User code comes in through ``plugins=[module]`` and the registries."""
+    if isinstance(node, dict):
+        t = node.get("_target_")
+        if t is not None and not str(t).startswith(ALLOWED_TARGETS):
+            raise ConfigError(f"{where or 'config'}._target_={t!r} is not allowed: configs may only instantiate "
+                              f"{', '.join(a + '*' for a in ALLOWED_TARGETS)}; register your code via plugins=[module]")
+        for k, v in node.items():
+            check_targets(v, f"{where}.{k}" if where else str(k))
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            check_targets(v, f"{where}.{i}")
+
+
 def _expand(overrides: list[str]) -> list[list[str]]:
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     parsed = OverridesParser.create().parse_overrides(overrides)
     axes = []
     for o in parsed:
-        if o.get_key_element().startswith("hydra"):
-            continue
         if o.is_sweep_override():
             try:
                 vals = list(o.sweep_string_iterator())
@@ -109,6 +125,32 @@ def _expand(overrides: list[str]) -> list[list[str]]:
     return combos
 
 
+MIN_FREE_MB = 50
+
+
+def check_outputs(path) -> None:
+    """The outputs folder must be creatable, writable and have some free space."""
+    import os
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from .errors import TrackingError
+
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
+            pass
+    except OSError as e:
+        raise TrackingError(f"outputs folder {str(path)!r} is not writable ({e.strerror or e}); "
+                            f"fix its permissions or point CNNEXP_OUTPUTS at a writable folder") from None
+    free_mb = shutil.disk_usage(path).free / 2**20
+    if free_mb < float(os.environ.get("CNNEXP_MIN_FREE_MB", MIN_FREE_MB)):
+        raise TrackingError(f"outputs folder {str(path)!r} has only {free_mb:.0f} MB free; "
+                            f"free some space or point CNNEXP_OUTPUTS elsewhere")
+
+
 def check(argv: list[str], conf_dir: str) -> int:
     """Compose and validate every job; returns the number of jobs checked. Raises ConfigError."""
     overrides = user_overrides(argv)
@@ -116,7 +158,7 @@ def check(argv: list[str], conf_dir: str) -> int:
         return 0
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
-    from omegaconf import OmegaConf
+    from omegaconf import OmegaConf, open_dict
     from omegaconf.errors import OmegaConfBaseException
 
     from .app import prepare
@@ -129,10 +171,15 @@ def check(argv: list[str], conf_dir: str) -> int:
         base = compose(config_name="config")
         for combo in combos:
             try:
-                cfg = compose(config_name="config", overrides=combo)
+                cfg = compose(config_name="config", overrides=combo, return_hydra_config=True)
+                check_targets(OmegaConf.to_container(cfg, resolve=False))
+                with open_dict(cfg):
+                    del cfg["hydra"]
                 plain = OmegaConf.to_container(cfg, resolve=True)
             except (HydraException, OmegaConfBaseException) as e:
                 raise ConfigError(explain(e, base)) from None
+            if combo is combos[0]:
+                check_outputs(plain["paths"]["outputs"])
             try:
                 prepare(plain)
             except ConfigError as e:

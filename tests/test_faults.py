@@ -138,3 +138,24 @@ def test_weights_with_wrong_shapes_name_the_layer(tmp_path):
     with np.load(tmp_path / "w.npz", allow_pickle=False) as z:
         with pytest.raises(ConfigError, match=r"dense_3.*\(1352, 9\).*\(1352, 10\)"):
             model.load_state_dict(dict(z))
+
+
+def test_outputs_not_writable(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    p = cli(["tracking.enabled=false"], tmp_path, env={"CNNEXP_OUTPUTS": str(blocker / "outputs")})
+    assert_one_line_error(p, str(blocker / "outputs"), "not writable")
+
+
+def test_outputs_disk_full(tmp_path):
+    p = cli(["tracking.enabled=false"], tmp_path, env={"CNNEXP_MIN_FREE_MB": str(10**12)})
+    assert_one_line_error(p, "MB free")
+
+
+@pytest.mark.parametrize("override", ["+hydra.callbacks.evil._target_=os.system",
+                                      "hydra.launcher._target_=builtins.exec",
+                                      "+model.layers.0._target_=os.system",
+                                      "+optimizer._target_=subprocess.call"])
+def test_no_free_target(tmp_path, override):
+    p = cli([override, "tracking.enabled=false"], tmp_path)
+    assert_one_line_error(p, "_target_", "not allowed")

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import math
-import warnings
 from pathlib import Path
 
 import mlflow
@@ -51,7 +50,8 @@ class CnnPyfunc(mlflow.pyfunc.PythonModel):
     def load_context(self, context):
         self.model = load_model_files(context.artifacts["weights"], context.artifacts["spec"])
 
-    def predict(self, context, model_input, params=None):
+    def predict(self, context, model_input: np.ndarray, params=None) -> np.ndarray:
+        # (the ndarray hint tells MLflow not to infer or enforce a schema from type hints)
         return self.model.predict_proba(to_images(model_input, self.model.input_shape))
 
 
@@ -68,15 +68,13 @@ def log_pyfunc(run_id: str, experiment_id: str, weights: Path, spec: Path, examp
     level = quiet.level
     quiet.setLevel(logging.ERROR)  # not the cloudpickle warning: the class is imported by name
     try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*type hints.*")  # the signature is given
-            return Model.log(
-                artifact_path=None, name="model", flavor=mlflow.pyfunc, run_id=run_id,
-                python_model=CnnPyfunc(), artifacts={"weights": str(weights), "spec": str(spec)},
-                signature=signature, input_example=example,
-                pip_requirements=[f"mlflow=={mlflow.__version__}", f"numpy=={np.__version__}"],
-                metadata={"input": INPUT_DOC, "code": "needs the cnnexp package installed"},
-                flavor_name="python_function",
-            )
+        return Model.log(
+            artifact_path=None, name="model", flavor=mlflow.pyfunc, run_id=run_id,
+            python_model=CnnPyfunc(), artifacts={"weights": str(weights), "spec": str(spec)},
+            signature=signature, input_example=example,
+            pip_requirements=[f"mlflow=={mlflow.__version__}", f"numpy=={np.__version__}"],
+            metadata={"input": INPUT_DOC, "code": "needs the cnnexp package installed"},
+            flavor_name="python_function",
+        )
     finally:
         quiet.setLevel(level)
