@@ -122,3 +122,11 @@ def test_good_sweep_checks_every_job():
 
 def test_help_flags_are_not_checked():
     assert check(["--cfg", "job"], str(CONF)) == 0
+
+
+def test_experiment_overrides_top_level_defaults():
+    cfg = composed(["experiment=fashion_seed"])
+    assert cfg["epochs"] == 1 and cfg["log_every"] == 10000
+    assert cfg["data"]["name"] == "fashion_mnist" and cfg["data"]["train_size"] is None
+    # and the command line still wins over the experiment
+    assert composed(["experiment=fashion_seed", "epochs=2"])["epochs"] == 2

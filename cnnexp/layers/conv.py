@@ -22,7 +22,7 @@ from numpy.lib.stride_tricks import as_strided
 
 from ..initializers import initialize
 from ..registry import INITIALIZERS, LAYERS
-from .base import Layer, ShapeError, pair, positive_int
+from .base import Buffers, Layer, ShapeError, pair, positive_int
 
 #: rows per chunk of the thin weight-gradient product (see module doc)
 CHUNK_ROWS = 8192
@@ -65,26 +65,6 @@ def thin_matmul_tn(a: np.ndarray, b: np.ndarray, out: np.ndarray, chunk: int = C
         np.matmul(a[s:s + chunk].T, b[s:s + chunk], out=tmp)
         out += tmp
     return out
-
-
-class Buffers:
-    """Arrays kept between calls, re-made only when the requested shape or dtype changes."""
-
-    __slots__ = ("_d",)
-
-    def __init__(self):
-        self._d = {}
-
-    def get(self, key, shape, dtype, zero=False):
-        a = self._d.get(key)
-        if a is None or a.shape != shape or a.dtype != dtype:
-            a = self._d[key] = np.zeros(shape, dtype) if zero else np.empty(shape, dtype)
-        elif zero:
-            a.fill(0)
-        return a
-
-    def clear(self):
-        self._d.clear()
 
 
 @LAYERS.register("conv2d")
@@ -132,15 +112,6 @@ class Conv2D(Layer):
         self.params["W"] = initialize(self.init, (self.kh, self.kw, c, self.filters), fan_in, fan_out, rng, dtype)
         if self.use_bias:
             self.params["b"] = initialize(self.bias_init, (self.filters,), fan_in, fan_out, rng, dtype)
-
-    def replica(self):
-        """A copy sharing parameters but with its own gradients, state and buffers (for
-        running part of a batch on another thread)."""
-        r = object.__new__(type(self))
-        r.__dict__.update(self.__dict__)
-        r.grads = {k: np.zeros_like(v) for k, v in self.grads.items()}
-        r._bufs, r._index_cache = Buffers(), {}
-        return r
 
     # -- the unrolled input ---------------------------------------------------------------
     def _pad_input(self, x):
@@ -222,7 +193,7 @@ class Conv2D(Layer):
         n = x.shape[0]
         self._xshape = x.shape
         cols = self.im2col(x)
-        self._cols = cols
+        self._cols, self._cols_pool = cols, None
         oh, ow, f = self.output_shape
         y = np.matmul(cols, self.params["W"].reshape(-1, f))
         if self.use_bias:
@@ -231,12 +202,18 @@ class Conv2D(Layer):
 
     def backward(self, dy):
         n, oh, ow, f = dy.shape
-        dy2 = np.ascontiguousarray(dy).reshape(-1, f)
+        pool = self._cols_pool
+        if pool is None:
+            dy2 = np.ascontiguousarray(dy).reshape(-1, f)
+        else:  # the last forward ran fused with a max-pool (ConvMaxPool): cols rows are in pooled order
+            ph, pw = pool
+            dy2 = np.ascontiguousarray(dy.reshape(n, oh // ph, ph, ow // pw, pw, f).transpose(0, 2, 4, 1, 3, 5))
+            dy2 = dy2.reshape(-1, f)
         self.weight_grad(self._cols, dy2)
         if not self.needs_input_grad:
             return None
         W = self.params["W"]
         dcols = dy2 @ W.reshape(-1, f).T
-        dx = self.col2im(dcols, self._xshape)
+        dx = self.col2im(dcols, self._xshape, pool)
         pt, pl, h, w = self._pad
         return dx[:, pt:pt + h, pl:pl + w, :]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from ..initializers import initialize
 from ..registry import INITIALIZERS, LAYERS
 from .base import Layer, ShapeError, positive_int
@@ -44,19 +46,28 @@ class Dense(Layer):
 
     def init_params(self, rng, dtype):
         d = self.input_shape[0]
-        self.params["W"] = initialize(self.init, (d, self.units), d, self.units, rng, dtype)
+        # stored column-major (W.T is contiguous): the weight gradient of a batch is then one
+        # contiguous product dy.T @ x (at batch 1 an outer product with a long inner axis)
+        self.params["W"] = np.asfortranarray(initialize(self.init, (d, self.units), d, self.units, rng, dtype))
         if self.use_bias:
             self.params["b"] = initialize(self.bias_init, (self.units,), d, self.units, rng, dtype)
 
     def forward(self, x, training=False):
         self._x = x
-        y = x @ self.params["W"]
+        y = np.matmul(x, self.params["W"])
         if self.use_bias:
             y += self.params["b"]
         return y
 
     def backward(self, dy):
-        self.grads["W"] = self._x.T @ dy
+        x, gW = self._x, self.grads["W"]
+        gWt = gW.T
+        if not gWt.flags.c_contiguous:
+            np.matmul(x.T, dy, out=gW)
+        elif len(dy) == 1:  # outer product; a BLAS call costs more here
+            np.multiply(dy.T, x, out=gWt)
+        else:
+            np.matmul(dy.T, x, out=gWt)
         if self.use_bias:
-            self.grads["b"] = dy.sum(axis=0)
-        return dy @ self.params["W"].T if self.needs_input_grad else None
+            np.sum(dy, axis=0, out=self.grads["b"])
+        return np.matmul(dy, self.params["W"].T) if self.needs_input_grad else None

@@ -21,7 +21,8 @@ from __future__ import annotations
 import numpy as np
 
 from .activations import ReLU
-from .conv import Buffers, Conv2D
+from .base import Buffers
+from .conv import Conv2D
 from .pool import MaxPool2D
 
 
@@ -77,6 +78,8 @@ class ConvMaxPool:
         if self.relu is not None:
             out = np.maximum(out, 0, out=out if out is not m else self._bufs.get("out", m.shape, m.dtype))
         self._cols, self._y, self._m, self._out = cols, y, m, out
+        # the conv layer's own backward can follow this forward too (it reorders dy itself)
+        conv._cols, conv._cols_pool, conv._xshape, conv._pad = cols, (ph, pw), self._xshape, self._pad
         return out.reshape(n, oh // ph, ow // pw, f)
 
     def backward(self, dout):

@@ -13,7 +13,7 @@ import numpy as np
 def _figure(w: float, h: float):
     from matplotlib.figure import Figure
 
-    return Figure(figsize=(w, h), dpi=100, layout="constrained")
+    return Figure(figsize=(w, h), dpi=100, layout="tight")
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n: int) -> np.ndarray:
@@ -65,42 +65,56 @@ def save_learning_curves(points: dict[str, list[tuple[int, float]]], n_train: in
     fig.savefig(path)
 
 
+def mosaic(tiles: np.ndarray, cols: int, pad: int = 2, fill: float = np.nan) -> np.ndarray:
+    """``(n, h, w)`` tiles -> one ``(rows*(h+pad), cols*(w+pad))`` image (one imshow is much
+    faster than one axes per tile)."""
+    n, h, w = tiles.shape
+    rows = max(1, -(-n // cols))
+    out = np.full((rows * (h + pad) + pad, cols * (w + pad) + pad), fill, dtype=float)
+    for k in range(n):
+        r, c = divmod(k, cols)
+        out[pad + r * (h + pad): pad + r * (h + pad) + h, pad + c * (w + pad): pad + c * (w + pad) + w] = tiles[k]
+    return out
+
+
 def save_misclassified(images: np.ndarray, y_true: np.ndarray, probs: np.ndarray, names: list[str],
                        path: Path, limit: int = 36) -> int:
-    """A grid of the first ``limit`` misclassified test images, titled "true -> predicted (p)".
-    Returns how many test images were misclassified."""
+    """A grid of the first ``limit`` misclassified test images, each labelled
+    "true>predicted p". Returns how many test images were misclassified."""
     pred = probs.argmax(axis=1)
     wrong = np.flatnonzero(pred != y_true)
     shown = wrong[:limit]
     cols = 6
-    rows = max(1, -(-len(shown) // cols))
-    fig = _figure(1.6 * cols, 1.8 * rows)
-    fig.suptitle(f"{len(wrong)} of {len(y_true)} test images misclassified" +
-                 (f" (first {len(shown)})" if len(wrong) > len(shown) else ""))
-    for k in range(rows * cols):
-        ax = fig.add_subplot(rows, cols, k + 1)
-        ax.axis("off")
-        if k < len(shown):
-            i = shown[k]
-            img = np.asarray(images[i])
-            ax.imshow(img[..., 0] if img.ndim == 3 and img.shape[-1] == 1 else img, cmap="gray")
-            ax.set_title(f"{names[y_true[i]]} -> {names[pred[i]]} ({probs[i, pred[i]]:.2f})", fontsize=8)
+    tiles = np.asarray(images)[shown].astype(float).reshape(len(shown), *np.shape(images)[1:3])
+    h, w = tiles.shape[1:] if len(shown) else (28, 28)
+    pad = max(2, h // 2)  # room for the label above each image
+    grid = mosaic(tiles, cols, pad=pad) if len(shown) else np.full((h, w), np.nan)
+    fig = _figure(1.5 * cols, 0.6 + 1.5 * max(1, -(-len(shown) // cols)))
+    ax = fig.add_subplot()
+    ax.imshow(grid, cmap="gray")
+    for k, i in enumerate(shown):
+        r, c = divmod(k, cols)
+        ax.text(pad + c * (w + pad), pad + r * (h + pad) - 1, f"{names[y_true[i]]}>{names[pred[i]]} "
+                f"{probs[i, pred[i]]:.2f}", fontsize=7, color="darkred", va="bottom")
+    ax.axis("off")
+    more = f" (first {len(shown)}; label: true>predicted probability)" if len(wrong) > len(shown) else \
+        " (label: true>predicted probability)"
+    ax.set_title(f"{len(wrong)} of {len(y_true)} test images misclassified" + more, fontsize=9)
     fig.savefig(path)
     return len(wrong)
 
 
 def save_filters(w: np.ndarray, path: Path, title: str, limit: int = 64) -> None:
-    """Conv kernels ``(kh, kw, in_channels, filters)`` as a grid (averaged over input channels)."""
+    """Conv kernels ``(kh, kw, in_channels, filters)`` as a grid (averaged over input channels;
+    red positive, blue negative)."""
     k = np.asarray(w, dtype=float).mean(axis=2)
     n = min(k.shape[-1], limit)
     cols = min(n, 8)
-    rows = -(-n // cols)
-    fig = _figure(1.3 * cols, 1.4 * rows + 0.4)
-    fig.suptitle(title)
     lim = float(np.abs(k).max()) or 1.0
-    for f in range(n):
-        ax = fig.add_subplot(rows, cols, f + 1)
-        ax.imshow(k[..., f], cmap="RdBu_r", vmin=-lim, vmax=lim)
-        ax.set_title(str(f), fontsize=8)
-        ax.axis("off")
+    grid = mosaic(np.moveaxis(k[..., :n], -1, 0), cols, pad=1)
+    fig = _figure(0.9 * cols + 0.5, 0.9 * -(-n // cols) + 0.6)
+    ax = fig.add_subplot()
+    ax.imshow(grid, cmap="RdBu_r", vmin=-lim, vmax=lim)
+    ax.axis("off")
+    ax.set_title(title, fontsize=9)
     fig.savefig(path)
