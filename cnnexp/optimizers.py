@@ -49,11 +49,26 @@ class SGD(Optimizer):
     def __init__(self, lr: float, weight_decay: float = 0.0):
         super().__init__(lr)
         self.weight_decay = _check("weight_decay", weight_decay)
+        self._tmp = None
+
+    def step(self, params, grads):
+        pf, gf = getattr(params, "flat", None), getattr(grads, "flat", None)
+        if pf is None or gf is None or pf.shape != gf.shape:
+            return super().step(params, grads)
+        # a model's params and grads are views of two flat arrays: one update for all of them
+        self.t += 1
+        self.update(None, pf, gf)
 
     def update(self, key, p, g):
         if self.weight_decay:
             g = g + self.weight_decay * p
-        p -= p.dtype.type(self.lr) * g
+        tmp = self._tmp
+        if tmp is None or tmp.shape != p.shape or tmp.dtype != p.dtype:
+            tmp = np.empty_like(p)
+            if key is None:  # keep the scratch array only for the flat update
+                self._tmp = tmp
+        np.multiply(g, p.dtype.type(self.lr), out=tmp, casting="unsafe")
+        p -= tmp
 
 
 @OPTIMIZERS.register("momentum")

@@ -51,9 +51,19 @@ def fit(model: Model, optimizer: Optimizer, splits, *, epochs: int, batch_size: 
     """
     tracker = tracker or NullTracker()
     state = state or TrainState()
+    with model.compute():  # BLAS single-threaded; the model uses the second core itself
+        return _fit_epochs(model, optimizer, splits, epochs, batch_size, seed, log_every, eval_batch_size,
+                           tracker, log, state, on_epoch_end)
+
+
+def _fit_epochs(model, optimizer, splits, epochs, batch_size, seed, log_every, eval_batch_size, tracker,
+                log, state, on_epoch_end):
     images, labels = splits.train
     n = len(images)
     labels = np.asarray(labels, dtype=np.intp)
+    # the hot loop: bound methods and functions looked up once (images stay uint8 until a
+    # batch is formed; Model.train_step converts just that batch)
+    train_step, step, params, isfinite = model.train_step, optimizer.step, model.params, math.isfinite
     for epoch in range(state.epoch, epochs):
         log(f"--- Epoch {epoch + 1} ---")
         perm = epoch_rng(seed, epoch).permutation(n)
@@ -65,22 +75,19 @@ def fit(model: Model, optimizer: Optimizer, splits, *, epochs: int, batch_size: 
         t0 = time.perf_counter()
         for start in range(0, n, batch_size):
             idx = perm[start:start + batch_size]
-            y = labels[idx]
-            losses, probs = model.train_batch(model.preprocess(images[idx]), y)
-            optimizer.step(model.params, model.grads)
+            b_loss, b_correct = train_step(images[idx], labels[idx])
+            step(params, model.grads)
             state.step += 1
-            b_loss = float(losses.sum())
-            if not math.isfinite(b_loss):
+            if not isfinite(b_loss):
                 raise TrainingError(
                     f"loss became {b_loss} at epoch {epoch + 1}, step {state.step} (image {start + len(idx)} "
                     f"of {n}); the run diverged: try a smaller lr than lr={optimizer.lr:g}")
-            b_correct = int((probs.argmax(axis=1) == y).sum())
             ep_loss += b_loss
             ep_correct += b_correct
             w_loss += b_loss
             w_correct += b_correct
-            w_n += len(idx)
             done = start + len(idx)
+            w_n += len(idx)
             if done >= next_log:
                 log(f"[Step {done}] Past {w_n} steps: Average Loss {w_loss / w_n:.3f} | "
                     f"Accuracy: {round(100 * w_correct / w_n)}%")

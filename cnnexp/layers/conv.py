@@ -57,7 +57,7 @@ def pooled_windows(x: np.ndarray, kh: int, kw: int, sh: int, sw: int, ph: int, p
 def thin_matmul_tn(a: np.ndarray, b: np.ndarray, out: np.ndarray, chunk: int = CHUNK_ROWS) -> np.ndarray:
     """``out[...] = a.T @ b`` for tall ``a`` (rows x K) and ``b`` (rows x F), in row chunks."""
     rows = a.shape[0]
-    if rows <= chunk:
+    if rows <= chunk or min(a.shape[1], b.shape[1]) > 32:  # only thin products slow down
         return np.matmul(a.T, b, out=out)
     tmp = np.empty_like(out)
     np.matmul(a[:chunk].T, b[:chunk], out=out)

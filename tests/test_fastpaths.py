@@ -1,0 +1,285 @@
+"""The fast path (``Model.train_batch`` / ``train_step`` / ``evaluate`` / ``predict_proba``)
+against the reference path (layers one by one through ``Model.forward`` / ``Model.backward``),
+and finite-difference checks of the fused stages in float64.
+
+Fast-path pieces covered: the fused ``conv2d [-> relu] -> maxpool2d`` stage (pooled row order
+of the unrolled input, bias/ReLU after pooling, the all-maxima tie rule), the single-channel
+``np.take`` unrolling, chunked thin weight-gradient products, the fused softmax + loss (numpy
+and batch-1 Python paths), the two-thread batch split (gradients summed; dropout masks drawn
+for the whole batch), chunked two-thread inference, flat parameter/gradient buffers and the
+flat SGD update.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from gradcheck import assert_grad_close, numeric_grad
+
+from cnnexp.layers import conv as conv_mod
+from cnnexp.layers.fused import ConvMaxPool
+from cnnexp.model import build_model, make_plan
+from cnnexp.optimizers import build_optimizer
+
+F64 = "float64"
+
+
+def conv_pool_spec(c=1, h=10, w=12, relu=False, bias=False, filters=3, kernel=3, padding="valid", pool=2,
+                   extra_pool=False):
+    layers = [{"type": "conv2d", "filters": filters, "kernel_size": kernel, "bias": bias, "padding": padding}]
+    if relu:
+        layers.append({"type": "relu"})
+    layers.append({"type": "maxpool2d", "pool": pool})
+    layers += [{"type": "flatten"}, {"type": "dense", "units": 5}, {"type": "softmax"}]
+    return {"input_shape": [h, w, c], "layers": layers}
+
+
+def model_with_bias_noise(spec, seed=0, dtype=F64):
+    m = build_model(spec, seed=seed, dtype=dtype)
+    rng = np.random.default_rng(seed + 50)
+    for p in m.params.values():
+        if p.ndim == 1:
+            p[...] = 0.1 * rng.standard_normal(p.shape)
+    return m
+
+
+def reference_grads(model, x, labels):
+    """Gradients through the layers one by one (Model.forward + per-layer backward)."""
+    model.forward(x, training=True)
+    model.loss_layer.loss(labels)
+    dy = model.loss_layer.loss_backward()
+    for layer in reversed(model.layers[:-1]):
+        dy = layer.backward(dy)
+    return {k: v.copy() for k, v in model.grads.items()}
+
+
+CASES = [
+    dict(),                                   # the seed net's shape: conv (no bias) -> pool
+    dict(c=3),                                # several channels: strided-copy unrolling
+    dict(bias=True, relu=True, c=2),          # keras_mnist's conv -> relu -> pool
+    dict(bias=True),                          # bias without relu
+    dict(relu=True, padding="same", h=8, w=6),  # padded input
+    dict(kernel=2, h=9, w=7, c=2, pool=2),    # even kernel, odd input
+    dict(pool=3, h=11, w=8, filters=2),       # 3x3 tiles
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[str(c) for c in CASES])
+def test_plan_fuses_conv_pool(case):
+    m = build_model(conv_pool_spec(**case), seed=0, dtype=F64)
+    assert isinstance(m._plan[0], ConvMaxPool)
+    assert (m._plan[0].relu is not None) == case.get("relu", False)
+    # the layers stay visible, with their own names and parameters
+    assert [l.name.split("_")[0] for l in m.layers][:2] == ["conv2d", "relu" if case.get("relu") else "maxpool2d"]
+
+
+def test_plan_does_not_fuse_when_pool_does_not_tile_the_conv_output():
+    m = build_model(conv_pool_spec(h=11, w=12), seed=0, dtype=F64)  # conv 9x10: pool 2 drops a row
+    assert not any(isinstance(s, ConvMaxPool) for s in m._plan)
+    spec = conv_pool_spec()
+    spec["layers"][1]["stride"] = 1  # overlapping windows
+    assert not any(isinstance(s, ConvMaxPool) for s in build_model(spec, seed=0, dtype=F64)._plan)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[str(c) for c in CASES])
+@pytest.mark.parametrize("n", [1, 3])
+def test_fused_train_batch_matches_reference(case, n):
+    m = model_with_bias_noise(conv_pool_spec(**case))
+    rng = np.random.default_rng(1)
+    x = rng.uniform(-0.5, 0.5, (n,) + m.input_shape)
+    labels = rng.integers(0, 5, n)
+    ref = reference_grads(m, x, labels)
+    ref_p = m.forward(x)
+    losses, probs = m.train_batch(x, labels)
+    np.testing.assert_allclose(probs, ref_p, rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(losses, -np.log(ref_p[np.arange(n), labels]), rtol=1e-10)
+    for k, v in m.grads.items():
+        np.testing.assert_allclose(v, ref[k], rtol=1e-10, atol=1e-14, err_msg=k)
+
+
+def test_fused_ties_send_gradient_to_every_max():
+    # constant input: every conv output inside a tile is equal (the MNIST background case)
+    for case in (dict(), dict(bias=True, relu=True)):
+        m = model_with_bias_noise(conv_pool_spec(**case))
+        x = np.full((2,) + m.input_shape, 0.25)
+        labels = np.array([1, 3])
+        ref = reference_grads(m, x, labels)
+        m.train_batch(x, labels)
+        for k, v in m.grads.items():
+            np.testing.assert_allclose(v, ref[k], rtol=1e-12, atol=1e-15, err_msg=k)
+
+
+@pytest.mark.parametrize("case", [dict(), dict(bias=True, relu=True, c=2), dict(padding="same", h=8, w=6, c=2)])
+def test_fused_stage_finite_differences(case):
+    """dL/dx and dL/dW of the fused stage alone, L = sum(stage(x) * R), in float64."""
+    m = model_with_bias_noise(conv_pool_spec(**case), seed=2)
+    stage = m._plan[0]
+    stage.conv.needs_input_grad = True
+    rng = np.random.default_rng(3)
+    x = rng.uniform(-1, 1, (2,) + m.input_shape)
+    y = stage.forward(x, True)
+    R = rng.standard_normal(y.shape)
+    dx = stage.backward(R.copy())
+    grads = {k: v.copy() for k, v in stage.conv.grads.items()}
+
+    def loss():
+        return float(np.sum(stage.forward(x, True) * R))
+
+    assert_grad_close(dx, numeric_grad(loss, x), "fused d/dx")
+    for k, p in stage.conv.params.items():
+        assert_grad_close(grads[k], numeric_grad(loss, p), f"fused d/d{k}")
+
+
+def test_conv_backward_after_fused_forward_reorders_dy():
+    """After a fused forward the conv layer's own backward still gives its true gradients."""
+    m = model_with_bias_noise(conv_pool_spec(c=2, bias=True), seed=4)
+    conv = m.layers[0]
+    conv.needs_input_grad = True
+    rng = np.random.default_rng(5)
+    x = rng.uniform(-1, 1, (2,) + m.input_shape)
+    dy = rng.standard_normal((2,) + conv.output_shape)
+    conv.forward(x, True)
+    dx_ref = conv.backward(dy)
+    ref = {k: v.copy() for k, v in conv.grads.items()}
+    m._plan[0].forward(x, True)
+    dx = conv.backward(dy)
+    np.testing.assert_allclose(dx, dx_ref, rtol=1e-12, atol=1e-14)
+    for k, v in conv.grads.items():
+        np.testing.assert_allclose(v, ref[k], rtol=1e-12, atol=1e-14, err_msg=k)
+
+
+def test_chunked_thin_weight_gradient(monkeypatch):
+    rng = np.random.default_rng(6)
+    a, b = rng.standard_normal((1000, 9)), rng.standard_normal((1000, 8))
+    out = np.empty((9, 8))
+    conv_mod.thin_matmul_tn(a, b, out, chunk=128)
+    np.testing.assert_allclose(out, a.T @ b, rtol=1e-12, atol=1e-12)
+    # and a model whose conv runs through several chunks
+    monkeypatch.setattr(conv_mod, "CHUNK_ROWS", 50)
+    m = model_with_bias_noise(conv_pool_spec())
+    x = rng.uniform(-0.5, 0.5, (4,) + m.input_shape)
+    labels = rng.integers(0, 5, 4)
+    ref = reference_grads(m, x, labels)
+    m.train_batch(x, labels)
+    for k, v in m.grads.items():
+        np.testing.assert_allclose(v, ref[k], rtol=1e-10, atol=1e-14, err_msg=k)
+
+
+KERAS_SMALL = {"input_shape": [10, 10, 1], "layers": [
+    {"type": "conv2d", "filters": 4, "kernel_size": 3}, {"type": "relu"},
+    {"type": "conv2d", "filters": 5, "kernel_size": 3}, {"type": "relu"},
+    {"type": "maxpool2d", "pool": 2}, {"type": "dropout", "rate": 0.25}, {"type": "flatten"},
+    {"type": "dense", "units": 8}, {"type": "relu"}, {"type": "dropout", "rate": 0.5},
+    {"type": "dense", "units": 10}, {"type": "softmax"}]}
+SEED_SMALL = {"input_shape": [12, 12, 1], "layers": [
+    {"type": "conv2d", "filters": 8, "kernel_size": 3, "bias": False, "init": "randn_fan_in"},
+    {"type": "maxpool2d", "pool": 2}, {"type": "flatten"},
+    {"type": "dense", "units": 10, "init": "randn_fan_in"}, {"type": "softmax"}]}
+
+
+@pytest.mark.parametrize("spec", [SEED_SMALL, KERAS_SMALL], ids=["seed", "keras"])
+def test_two_thread_split_matches_one_thread(spec):
+    n = 9
+    rng = np.random.default_rng(7)
+    x = rng.uniform(-0.5, 0.5, (n,) + tuple(spec["input_shape"]))
+    labels = rng.integers(0, 10, n)
+    out = {}
+    for threads in (1, 2):
+        m = model_with_bias_noise(spec, seed=1)
+        m.threads, m.split_min_batch = threads, 4
+        for i, l in enumerate(m.layers):  # same dropout streams in both runs
+            if hasattr(l, "rng"):
+                l.rng = np.random.default_rng(100 + i)
+        losses, probs = m.train_batch(x, labels)
+        losses2, probs2 = m.train_batch(x, labels)  # the second batch draws new masks
+        out[threads] = (losses, probs, losses2, {k: v.copy() for k, v in m.grads.items()})
+    a, b = out[1], out[2]
+    for i in range(3):
+        np.testing.assert_allclose(b[i], a[i], rtol=1e-12, atol=1e-15)
+    for k in a[3]:
+        np.testing.assert_allclose(b[3][k], a[3][k], rtol=1e-10, atol=1e-14, err_msg=k)
+
+
+def test_split_model_gradients_pass_finite_differences():
+    m = model_with_bias_noise(SEED_SMALL, seed=3)
+    m.threads, m.split_min_batch = 2, 2
+    rng = np.random.default_rng(8)
+    x = rng.uniform(-0.5, 0.5, (5,) + m.input_shape)
+    labels = rng.integers(0, 10, 5)
+    m.train_batch(x, labels)
+    grads = {k: v.copy() for k, v in m.grads.items()}
+
+    def f():
+        m.forward(x)
+        return float(m.loss_layer.loss(labels).mean())
+
+    for k, p in m.params.items():
+        assert_grad_close(grads[k], numeric_grad(f, p), f"split {k}")
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_inference_chunks_and_threads_match_forward(threads):
+    m = model_with_bias_noise(KERAS_SMALL, seed=2)
+    m.threads, m.infer_chunk = threads, 7
+    rng = np.random.default_rng(9)
+    images = rng.integers(0, 256, (40, 10, 10), dtype=np.uint8)
+    labels = rng.integers(0, 10, 40)
+    ref = m.forward(m.preprocess(images))
+    np.testing.assert_allclose(m.predict_proba(images), ref, rtol=1e-12, atol=1e-15)
+    loss, acc = m.evaluate(images, labels)
+    np.testing.assert_allclose(loss, -np.log(ref[np.arange(40), labels]).mean(), rtol=1e-12)
+    assert acc == np.mean(ref.argmax(1) == labels)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_uint8_table_preprocess_is_bit_identical(dtype):
+    m = build_model(SEED_SMALL, seed=0, dtype=dtype, scale=1 / 255, shift=-0.5)
+    img = np.arange(256, dtype=np.uint8).repeat(2)[:288].reshape(2, 12, 12)
+    x = img.astype(m.dtype)[..., None]
+    x *= m.scale
+    x += m.shift
+    got = m.preprocess(img)
+    assert got.dtype == m.dtype and got.shape == (2, 12, 12, 1)
+    np.testing.assert_array_equal(got, x)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_batch1_python_softmax_matches_numpy(dtype):
+    m = build_model(SEED_SMALL, seed=0, dtype=dtype)
+    sm = m.loss_layer
+    rng = np.random.default_rng(10)
+    x = rng.standard_normal((1, 10)).astype(dtype) * 5
+    label = np.array([3])
+    losses, p, g, loss_sum, correct = sm.forward_loss(x, label)
+    p_ref = sm.forward(x)
+    l_ref = sm.loss(label)
+    g_ref = sm.loss_backward()
+    tol = dict(rtol=1e-12, atol=1e-15) if dtype == "float64" else dict(rtol=2e-6, atol=1e-7)
+    np.testing.assert_allclose(p, p_ref, **tol)
+    np.testing.assert_allclose(g, g_ref, **tol)
+    np.testing.assert_allclose(losses, l_ref, **tol)
+    assert abs(loss_sum - float(l_ref[0])) < 1e-5 and correct == int(p_ref.argmax() == 3)
+
+
+def test_params_and_grads_are_views_of_flat_buffers_and_sgd_uses_them():
+    m = model_with_bias_noise(SEED_SMALL)
+    pf, gf = m.params.flat, m.grads.flat
+    assert pf is not None and gf is not None and pf.size == m.num_params
+    for k, p in m.params.items():
+        assert np.shares_memory(p, pf) and np.shares_memory(m.grads[k], gf)
+    rng = np.random.default_rng(11)
+    x = rng.uniform(-0.5, 0.5, (3,) + m.input_shape)
+    m.train_batch(x, rng.integers(0, 10, 3))
+    before = {k: v.copy() for k, v in m.params.items()}
+    grads = {k: v.copy() for k, v in m.grads.items()}
+    build_optimizer({"type": "sgd", "weight_decay": 0.01}, 0.1).step(m.params, m.grads)
+    for k, p in m.params.items():
+        np.testing.assert_allclose(p, before[k] - 0.1 * (grads[k] + 0.01 * before[k]), rtol=1e-13, atol=1e-16)
+
+
+def test_make_plan_keeps_unfusable_layers_in_order():
+    m = build_model(KERAS_SMALL, seed=0, dtype=F64)
+    kinds = [type(s).__name__ for s in m._plan]
+    assert kinds == ["Conv2D", "ReLU", "ConvMaxPool", "Dropout", "Flatten", "Dense", "ReLU", "Dropout", "Dense"]
+    assert make_plan(m.layers[:1]) == [m.layers[0]]
