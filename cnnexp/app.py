@@ -8,18 +8,24 @@ from __future__ import annotations
 
 import importlib
 import logging
+import signal
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
+from . import checkpoint
+from .checkpoint import Checkpoint
 from .config import validate
 from .errors import ConfigError
 from .model import Model, build_model
 from .optimizers import Optimizer, build_optimizer
 from .tracking.base import NullTracker, Tracker
-from .train import TrainState, fit
+from .train import StopRequested, TrainState, clear_stop, fit, request_stop
 
 logger = logging.getLogger("cnnexp")
 
@@ -84,33 +90,84 @@ def check_fit(exp: Experiment, ds, splits) -> None:
                           f"{img_shape}; use model.input_shape=[{img_shape[0]},{img_shape[1]},1]")
 
 
+@contextmanager
+def graceful_stop():
+    """First SIGINT/SIGTERM: finish the current step, checkpoint, stop (``StopRequested``).
+    A second one interrupts at once. Only the main thread can own signal handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    hits = [0]
+
+    def handler(signum, frame):
+        hits[0] += 1
+        if hits[0] > 1:
+            raise KeyboardInterrupt(f"signal {signum} (second)")
+        request_stop()
+
+    clear_stop()
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+        clear_stop()
+
+
 def run(cfg: dict, tracker: Tracker | None = None, log: Callable[[str], None] | None = None,
-        exp: Experiment | None = None, state: TrainState | None = None,
-        on_epoch_end: Callable[[TrainState], None] | None = None) -> dict[str, Any]:
-    """Run one experiment. Returns final metrics and what the caller needs to log artifacts."""
+        exp: Experiment | None = None, checkpoint_dir: str | Path | None = None,
+        resume: Checkpoint | None = None) -> dict[str, Any]:
+    """Run one experiment. Returns final metrics and what the caller needs to log artifacts.
+
+    With ``checkpoint_dir``, ``<dir>/last.npz`` is written after every epoch (and logged as a
+    tracker artifact) and when a signal stops the run; ``resume`` continues from a checkpoint.
+    """
     tracker = tracker or NullTracker()
     log = log or logger.info
     exp = exp or prepare(cfg)
     log(exp.model.summary())
     ds, splits = load_data(cfg)
     check_fit(exp, ds, splits)
+    state = None
+    if resume is not None:
+        state = checkpoint.restore(resume, exp.model, exp.optimizer, TrainState)
+        if state.epoch >= cfg["epochs"]:
+            raise ConfigError(f"the checkpoint {resume.meta['path']} has already finished epoch {state.epoch}; "
+                              f"nothing to resume with epochs={cfg['epochs']} (raise epochs to train further)")
+        where = f"epoch {state.epoch + 1}, image {state.pos}" if state.pos else f"the end of epoch {state.epoch}"
+        log(f"Resuming from {resume.meta['path']} at {where} (step {state.step})")
+        tracker.set_tags({"resumed_from": resume.meta["path"]})
     log(f"Data: {ds.name} from {ds.source} ({ds.location}); train {len(splits.train[0]):,}, "
         f"val {len(splits.val[0]):,}, test {len(splits.test[0]):,} images")
     tracker.set_tags({"data.source": ds.source, "data.location": str(ds.location)})
     log("MNIST CNN initialized!" if ds.name.startswith("mnist") else f"{ds.name} CNN initialized!")
+
+    def save(st: TrainState) -> None:
+        if checkpoint_dir is not None:
+            path = checkpoint.save(Path(checkpoint_dir) / checkpoint.LAST, exp.model, exp.optimizer, st, cfg)
+            tracker.log_artifact(path, "checkpoints")
+
     t0 = time.perf_counter()
-    # overflow shows up as a NaN/inf loss, which fit() reports with the step: no numpy warnings
-    with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
-        state = fit(exp.model, exp.optimizer, splits, epochs=cfg["epochs"], batch_size=cfg["batch_size"],
-                    seed=cfg["seed"], log_every=cfg["log_every"], eval_batch_size=cfg["eval_batch_size"],
-                    tracker=tracker, log=log, state=state, on_epoch_end=on_epoch_end)
+    state = state or TrainState()
+    try:
+        # overflow shows up as a NaN/inf loss, which fit() reports with the step: no numpy warnings
+        with graceful_stop(), np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
+            state = fit(exp.model, exp.optimizer, splits, epochs=cfg["epochs"], batch_size=cfg["batch_size"],
+                        seed=cfg["seed"], log_every=cfg["log_every"], eval_batch_size=cfg["eval_batch_size"],
+                        tracker=tracker, log=log, state=state, on_epoch_end=save)
+    except StopRequested as e:
+        save(state)
+        if checkpoint_dir is not None:
+            log(f"{e}; checkpoint saved to {Path(checkpoint_dir) / checkpoint.LAST} "
+                f"(continue with resume={Path(checkpoint_dir) / checkpoint.LAST})")
+        raise
     train_seconds = time.perf_counter() - t0
     final = state.history[-1] if state.history else {}
     log("\n--- Testing the CNN ---")
     if "test/loss" in final:
         log(f"Test Loss: {final['test/loss']}")
         log(f"Test Accuracy: {final['test/acc']}")
-    log(f"Training time: {train_seconds:.2f} s for {cfg['epochs'] - 0} epochs "
-        f"({state.images_seen:,} images, {state.images_seen / max(train_seconds, 1e-9):,.0f} img/s incl. evaluation)")
+    log(f"Training time: {train_seconds:.2f} s ({state.images_seen:,} images seen, evaluation included)")
     return {"metrics": final, "state": state, "model": exp.model, "optimizer": exp.optimizer,
             "dataset": ds, "splits": splits, "train_seconds": train_seconds}

@@ -2,7 +2,10 @@
 
 Knows nothing of Hydra or MLflow. Every random draw of an epoch (the shuffle, dropout masks)
 comes from generators seeded by ``(seed, epoch)``, so a run resumed from an end-of-epoch
-checkpoint continues exactly as the uninterrupted run would have.
+checkpoint continues exactly as the uninterrupted run would have. A stop requested by a
+signal (``request_stop``) takes effect between two steps: ``fit`` records the position inside
+the epoch, the running sums and the generator states in the TrainState and raises
+``StopRequested``, so a checkpoint of that state resumes exactly too.
 """
 
 from __future__ import annotations
@@ -20,12 +23,30 @@ from .optimizers import Optimizer
 from .tracking.base import NullTracker, Tracker
 
 
+class StopRequested(KeyboardInterrupt):
+    """Raised by ``fit`` between two steps after ``request_stop()`` (SIGINT/SIGTERM)."""
+
+
+_stop = [False]
+
+
+def request_stop() -> None:
+    """Ask a running ``fit`` to stop at the next step boundary (safe from a signal handler)."""
+    _stop[0] = True
+
+
+def clear_stop() -> None:
+    _stop[0] = False
+
+
 @dataclass
 class TrainState:
     epoch: int = 0  # epochs completed
     step: int = 0  # optimizer steps taken
     images_seen: int = 0
     history: list[dict] = field(default_factory=list)  # one dict of metrics per epoch
+    pos: int = 0  # images done in the unfinished epoch `epoch` (0 = at an epoch boundary)
+    partial: dict = field(default_factory=dict)  # running sums and generator states at `pos`
 
 
 def epoch_rng(seed: int, epoch: int, stream: int = 0) -> np.random.Generator:
@@ -63,17 +84,28 @@ def _fit_epochs(model, optimizer, splits, epochs, batch_size, seed, log_every, e
     labels = np.asarray(labels, dtype=np.intp)
     # the hot loop: bound methods and functions looked up once (images stay uint8 until a
     # batch is formed; Model.train_step converts just that batch)
-    train_step, step, params, isfinite = model.train_step, optimizer.step, model.params, math.isfinite
+    train_step, step, params, isfinite, stop = model.train_step, optimizer.step, model.params, math.isfinite, _stop
     for epoch in range(state.epoch, epochs):
         log(f"--- Epoch {epoch + 1} ---")
         perm = epoch_rng(seed, epoch).permutation(n)
         reseed_layers(model, seed, epoch)
-        ep_loss = 0.0
-        ep_correct = 0
-        w_loss, w_correct, w_n = 0.0, 0, 0
-        next_log = log_every
-        t0 = time.perf_counter()
-        for start in range(0, n, batch_size):
+        first, sums = state.pos, dict(ep_loss=0.0, ep_correct=0, w_loss=0.0, w_correct=0, w_n=0,
+                                      next_log=log_every, seconds=0.0)
+        if first:  # resuming inside this epoch
+            sums.update({k: v for k, v in state.partial.items() if k in sums})
+            for i, st in state.partial.get("rng", {}).items():
+                model.layers[int(i)].rng.bit_generator.state = st
+        ep_loss, ep_correct, w_loss, w_correct, w_n, next_log = (
+            sums[k] for k in ("ep_loss", "ep_correct", "w_loss", "w_correct", "w_n", "next_log"))
+        t0 = time.perf_counter() - sums["seconds"]
+        for start in range(first, n, batch_size):
+            if stop[0]:
+                state.pos = start
+                state.partial = dict(ep_loss=ep_loss, ep_correct=ep_correct, w_loss=w_loss, w_correct=w_correct,
+                                     w_n=w_n, next_log=next_log, seconds=time.perf_counter() - t0,
+                                     rng={str(i): l.rng.bit_generator.state for i, l in enumerate(model.layers)
+                                          if hasattr(l, "rng")})
+                raise StopRequested(f"stopped at epoch {epoch + 1}, image {start} of {n}")
             idx = perm[start:start + batch_size]
             b_loss, b_correct = train_step(images[idx], labels[idx])
             step(params, model.grads)
@@ -97,7 +129,7 @@ def _fit_epochs(model, optimizer, splits, epochs, batch_size, seed, log_every, e
                 next_log = (done // log_every + 1) * log_every
         seconds = time.perf_counter() - t0
         state.images_seen += n
-        state.epoch = epoch + 1
+        state.epoch, state.pos, state.partial = epoch + 1, 0, {}
         m = {"train/epoch_loss": ep_loss / n, "train/epoch_acc": ep_correct / n,
              "perf/epoch_seconds": seconds, "perf/images_per_sec": n / seconds if seconds > 0 else float("inf")}
         for split in ("val", "test"):
