@@ -139,9 +139,14 @@ def main(argv: list[str] | None = None) -> None:
     except BaseException as e:  # a sweep cut short: end its parent run KILLED / FAILED
         if "cnnexp.tracking.callbacks" in sys.modules:
             sys.modules["cnnexp.tracking.callbacks"].close_open_sweeps(e)
+        if isinstance(e, KeyboardInterrupt):  # Ctrl-C in a parallel sweep: no traceback
+            print("cnnexp: interrupted", file=sys.stderr, flush=True)
+            sys.exit(130)
         raise
-    if FAILED_JOBS:
-        print(f"cnnexp: {len(FAILED_JOBS)} job(s) failed: " + "; ".join(FAILED_JOBS), file=sys.stderr)
+    callbacks = sys.modules.get("cnnexp.tracking.callbacks")  # knows the jobs of parallel workers too
+    failed = list(dict.fromkeys(FAILED_JOBS + (callbacks.FAILED_JOBS if callbacks else [])))
+    if failed:
+        print(f"cnnexp: {len(failed)} job(s) failed: " + "; ".join(failed), file=sys.stderr)
         sys.exit(1)
 
 

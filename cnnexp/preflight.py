@@ -85,7 +85,7 @@ def explain(exc: BaseException, base_cfg=None) -> str:
     return "; ".join(first[:2]) if first else type(exc).__name__
 
 
-ALLOWED_TARGETS = ("cnnexp.", "hydra.", "hydra_plugins.")
+ALLOWED_TARGETS = ("cnnexp.", "hydra.", "hydra_plugins.", "optuna.samplers.")  # optuna: the sweeper's sampler
 
 
 def check_targets(node, where: str = "") -> None:

@@ -27,12 +27,15 @@ def lower_is_better(metric: str) -> bool:
 
 
 def rank(runs: list, metric: str) -> list:
-    """Runs sorted best first by ``metric``; runs without it (failed early) last."""
+    """Runs sorted best first by ``metric`` (ties: the earlier job first, as Optuna reports);
+    runs without it (failed early) last."""
     sign = 1 if lower_is_better(metric) else -1
 
     def key(r):
         v = r.data.metrics.get(metric)
-        return (v is None or math.isnan(v), sign * v if v is not None and not math.isnan(v) else 0.0)
+        missing = v is None or math.isnan(v)
+        job = r.data.tags.get("sweep.job_num", "")
+        return (missing, 0.0 if missing else sign * v, int(job) if job.isdigit() else math.inf)
 
     return sorted(runs, key=key)
 
@@ -41,8 +44,17 @@ def pick_metric(runs: list, preferred: tuple[str, ...] = ("val/acc", "test/acc")
     return next((m for m in preferred if any(m in r.data.metrics for r in runs)), None)
 
 
-def rows(runs: list, metric: str) -> list[dict[str, str]]:
-    """One dict per run (best first): job, status, the metrics, overrides, run id."""
+def common_overrides(runs: list) -> list[str]:
+    """Overrides every run shares (the sweep's fixed settings), in the first run's order."""
+    lists = [(r.data.tags.get("hydra.overrides") or "").split() for r in runs]
+    if len(lists) < 2:
+        return []
+    return [o for o in lists[0] if all(o in other for other in lists[1:])]
+
+
+def rows(runs: list, metric: str, drop: list[str] | None = None) -> list[dict[str, str]]:
+    """One dict per run (best first): job, status, the metrics, its overrides (without the ones
+    in ``drop``), run id."""
     cols = [metric] + [m for m in SHOWN if m != metric and any(m in r.data.metrics for r in runs)]
     out = []
     for i, r in enumerate(rank(runs, metric), 1):
@@ -50,7 +62,8 @@ def rows(runs: list, metric: str) -> list[dict[str, str]]:
         for m in cols:
             v = r.data.metrics.get(m)
             row[m] = "-" if v is None else f"{v:.4f}"
-        row["overrides"] = r.data.tags.get("hydra.overrides") or "(none)"
+        own = [o for o in (r.data.tags.get("hydra.overrides") or "").split() if o not in (drop or [])]
+        row["overrides"] = " ".join(own) or "(none)"
         row["run_id"] = r.info.run_id
         out.append(row)
     return out
@@ -142,10 +155,13 @@ def main(argv: list[str] | None = None) -> int:
         known = sorted({m for r in runs for m in r.data.metrics})
         return fail(f"no run of the sweep has metric {args.metric!r}; available: {', '.join(known)}")
     order = "ascending" if lower_is_better(args.metric) else "descending"
-    print(f"{parent.info.run_name} (parent run {parent.info.run_id}, {parent.info.status}, started "
-          f"{_when(parent.info.start_time)}): {len(runs)} runs by {args.metric} {order}, experiment "
-          f"{args.experiment!r} at {uri}\n")
-    print(format_table(rows(runs, args.metric)))
+    shared = common_overrides(runs)
+    print(f"{parent.info.run_name}\n  parent run {parent.info.run_id} ({parent.info.status}), started "
+          f"{_when(parent.info.start_time)}, experiment {args.experiment!r} at {uri}")
+    if shared:
+        print(f"  every job: {' '.join(shared)}")
+    print(f"  {len(runs)} jobs by {args.metric}, {order}:\n")
+    print(format_table(rows(runs, args.metric, drop=shared)))
     return 0
 
 

@@ -21,6 +21,8 @@ from omegaconf import DictConfig, OmegaConf
 from .meta import PARENT_ENV
 
 OPEN: list = []  # SweepRuns not ended yet
+FAILED_JOBS: list[str] = []  # overrides of the jobs that failed, from the store (joblib jobs run elsewhere)
+_atexit = False
 
 
 def close_open_sweeps(exc: BaseException | None = None) -> None:
@@ -53,13 +55,17 @@ class MlflowSweepCallback(Callback):
         from .sweep import SweepRun
 
         hydra = config.hydra
+        space = OmegaConf.select(config, "hydra.sweeper.params", default=None)
         info = {"overrides": list(hydra.overrides.task), "sweep_dir": str(hydra.sweep.dir),
-                "sweeper": _target(hydra.get("sweeper")), "launcher": _target(hydra.get("launcher"))}
+                "sweeper": _target(hydra.get("sweeper")), "launcher": _target(hydra.get("launcher")),
+                "search_space": OmegaConf.to_container(space) if space else None}
+        global _atexit
         self.sweep = SweepRun.start(tracking, info)
         OPEN.append(self.sweep)
         os.environ[PARENT_ENV] = self.sweep.run_id
-        if len(OPEN) == 1:
+        if not _atexit:
             atexit.register(close_open_sweeps)
+            _atexit = True
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if self.sweep is None:
@@ -68,4 +74,5 @@ class MlflowSweepCallback(Callback):
             OPEN.remove(self.sweep)
         os.environ.pop(PARENT_ENV, None)
         self.sweep.end()
+        FAILED_JOBS.extend(self.sweep.failed)
         self.sweep = None

@@ -13,6 +13,7 @@ from typing import Any
 MAX_KEY = 250  # MLflow's limit on param / metric / tag keys
 MAX_PARAM_VALUE = 6000  # MLflow's limit on a param value (500 before MLflow 2.6)
 MAX_RUN_NAME = 250
+MAX_TAG_VALUE = 8000
 PARENT_ENV = "CNNEXP_PARENT_RUN_ID"  # set by the sweep callback: the parent run of a sweep's jobs
 
 
@@ -29,8 +30,14 @@ def scalar(v: Any) -> str:
     return str(v)
 
 
-def _clip(text: str, limit: int) -> str:
+def clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def first_line(e: BaseException) -> str:
+    """``TypeName: first line of the message``, for one-line error reports."""
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0] if text else ''}"
 
 
 def flatten(cfg: Any, prefix: str = "") -> dict[str, str]:
@@ -45,13 +52,13 @@ def flatten(cfg: Any, prefix: str = "") -> dict[str, str]:
         for i, v in enumerate(cfg):
             out.update(flatten(v, f"{prefix}{i}."))
     else:
-        out[_clip(prefix[:-1], MAX_KEY)] = _clip(scalar(cfg), MAX_PARAM_VALUE)
+        out[clip(prefix[:-1], MAX_KEY)] = clip(scalar(cfg), MAX_PARAM_VALUE)
     return out
 
 
 def run_name(overrides: list[str] | None) -> str:
     """``lr=0.01,epochs=5`` from the Hydra overrides; ``default`` when there are none."""
-    return _clip(",".join(overrides), MAX_RUN_NAME) if overrides else "default"
+    return clip(",".join(overrides), MAX_RUN_NAME) if overrides else "default"
 
 
 def _read(path: Path) -> str | None:

@@ -21,20 +21,11 @@ from .. import __version__
 from ..errors import TrackingError
 from ..paths import checkout_root, outputs_dir
 from .base import Tracker
-from .meta import MAX_PARAM_VALUE, PARENT_ENV, flatten, git_commit, run_name, scalar
+from .meta import (MAX_PARAM_VALUE, MAX_TAG_VALUE, PARENT_ENV, clip, first_line, flatten, git_commit,
+                   run_name, scalar)
 
 logger = logging.getLogger("cnnexp")
 INTERVAL_KEYS = {"train/loss", "train/acc"}  # every other metric is logged once per epoch
-MAX_TAG_VALUE = 8000
-
-
-def _clip(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0] if text else ''}"
 
 
 def sweep_id(sweep_dir: str | None) -> str | None:
@@ -47,7 +38,7 @@ def sweep_id(sweep_dir: str | None) -> str | None:
         return str(sweep_dir)
 
 
-def common_tags(cfg: dict, info: dict) -> dict[str, str]:
+def common_tags(info: dict) -> dict[str, str]:
     """Tags shared by runs and sweep parents: source, user, host, git commit, overrides."""
     try:
         user = getpass.getuser()
@@ -57,11 +48,11 @@ def common_tags(cfg: dict, info: dict) -> dict[str, str]:
             "mlflow.source.git.commit": git_commit(checkout_root()), "cnnexp.version": __version__,
             "cnnexp.host": socket.gethostname(), "cnnexp.pid": str(os.getpid()),
             "hydra.overrides": " ".join(info.get("overrides") or [])}
-    return {k: _clip(str(v), MAX_TAG_VALUE) for k, v in tags.items() if v not in (None, "")}
+    return {k: clip(str(v), MAX_TAG_VALUE) for k, v in tags.items() if v not in (None, "")}
 
 
 def run_tags(cfg: dict, info: dict) -> dict[str, str]:
-    tags = common_tags(cfg, info)
+    tags = common_tags(info)
     tags.update({"model.name": str(cfg["model"].get("name", "")), "data.name": str(cfg["data"]["name"]),
                  "hydra.output_dir": str(info.get("output_dir") or "")})
     if info.get("multirun"):
@@ -108,7 +99,7 @@ class MlflowTracker(Tracker):
         except TrackingError:
             raise
         except Exception as e:
-            raise TrackingError(f"cannot start an MLflow run in {uri}: {_first_line(e)}") from e
+            raise TrackingError(f"cannot start an MLflow run in {uri}: {first_line(e)}") from e
         self = cls(client, run.info.run_id, exp_id, uri, cfg, info)
         self.log_params(flatten(cfg))
         self._log_config()
@@ -125,10 +116,10 @@ class MlflowTracker(Tracker):
         self._done = True
         t0 = time.perf_counter()
         if error:
-            self._tags["mlflow.note.content"] = _clip(error, MAX_TAG_VALUE)
-            self._tags["error"] = _clip(error.strip().splitlines()[0] if error.strip() else error, 500)
+            self._tags["mlflow.note.content"] = clip(error, MAX_TAG_VALUE)
+            self._tags["error"] = clip(error.strip().splitlines()[0] if error.strip() else error, 500)
         if self._errors:
-            self._tags["cnnexp.tracking_errors"] = _clip("; ".join(self._errors), MAX_TAG_VALUE)
+            self._tags["cnnexp.tracking_errors"] = clip("; ".join(self._errors), MAX_TAG_VALUE)
         self._log_job_log()
         self.seconds += time.perf_counter() - t0
         self.log_metrics({"perf/tracking_seconds": self.seconds}, step=0)
@@ -138,15 +129,15 @@ class MlflowTracker(Tracker):
         try:
             retry(self.client.set_terminated, self.run_id, status)
         except Exception as e:  # noqa: BLE001
-            logger.error(f"cnnexp: could not end MLflow run {self.run_id} as {status}: {_first_line(e)}")
+            logger.error(f"cnnexp: could not end MLflow run {self.run_id} as {status}: {first_line(e)}")
 
     # -- buffered logging -----------------------------------------------------------------
     def log_params(self, params: dict[str, Any]) -> None:
-        self._params.update({k: _clip(v if isinstance(v, str) else scalar(v), MAX_PARAM_VALUE)
+        self._params.update({k: clip(v if isinstance(v, str) else scalar(v), MAX_PARAM_VALUE)
                              for k, v in params.items()})
 
     def set_tags(self, tags: dict[str, Any]) -> None:
-        self._tags.update({k: _clip(str(v), MAX_TAG_VALUE) for k, v in tags.items() if v is not None})
+        self._tags.update({k: clip(str(v), MAX_TAG_VALUE) for k, v in tags.items() if v is not None})
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         ts = int(time.time() * 1000)
@@ -184,7 +175,7 @@ class MlflowTracker(Tracker):
                 del self._metrics[: len(chunk)]
         except Exception as e:  # noqa: BLE001
             if not self._warned:
-                logger.warning(f"cnnexp: MLflow logging failed ({_first_line(e)}); will retry")
+                logger.warning(f"cnnexp: MLflow logging failed ({first_line(e)}); will retry")
                 self._warned = True
         self._last_flush = time.monotonic()
         self.seconds += time.perf_counter() - t0
@@ -218,9 +209,12 @@ class MlflowTracker(Tracker):
 
         tcfg = self.cfg.get("tracking") or {}
         if tcfg.get("log_artifacts", True):
-            with tempfile.TemporaryDirectory(prefix="cnnexp-artifacts-") as tmp:
-                self._errors += write_artifacts(result, self.cfg, self.points, Path(tmp))
-                self._guard("artifacts", self.client.log_artifacts, self.run_id, tmp)
+            def write_and_log():
+                with tempfile.TemporaryDirectory(prefix="cnnexp-artifacts-") as tmp:
+                    self._errors += write_artifacts(result, self.cfg, self.points, Path(tmp))
+                    self.client.log_artifacts(self.run_id, tmp)
+
+            self._guard("artifacts", write_and_log)
         if tcfg.get("log_model", True):
             x = result["splits"].test[0]
             example = x[:2] if len(x) else result["splits"].train[0][:2]
@@ -234,8 +228,8 @@ class MlflowTracker(Tracker):
         try:
             retry(fn, *args)
         except Exception as e:  # noqa: BLE001
-            logger.warning(f"cnnexp: could not log the {what}: {_first_line(e)}")
-            self._errors.append(f"{what}: {_first_line(e)}")
+            logger.warning(f"cnnexp: could not log the {what}: {first_line(e)}")
+            self._errors.append(f"{what}: {first_line(e)}")
 
     def _log_config(self) -> None:
         """The resolved config and Hydra's ``.hydra/`` files, at the start: failed runs keep them."""

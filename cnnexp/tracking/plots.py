@@ -10,10 +10,13 @@ from pathlib import Path
 import numpy as np
 
 
-def _figure(w: float, h: float):
+def _figure(w: float, h: float, **margins):
+    """A pyplot-free figure with fixed margins (automatic layout engines cost ~0.1 s a figure)."""
     from matplotlib.figure import Figure
 
-    return Figure(figsize=(w, h), dpi=100, layout="tight")
+    fig = Figure(figsize=(w, h), dpi=100)
+    fig.subplots_adjust(**{"left": 0.02, "right": 0.98, "bottom": 0.02, "top": 0.9, **margins})
+    return fig
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n: int) -> np.ndarray:
@@ -29,7 +32,7 @@ def save_confusion(cm: np.ndarray, names: list[str], folder: Path) -> None:
     rows += [names[i] + "," + ",".join(str(v) for v in cm[i]) for i in range(len(names))]
     (folder / "confusion_matrix.csv").write_text("\n".join(rows) + "\n")
     n = len(names)
-    fig = _figure(1.0 + 0.55 * n, 0.8 + 0.5 * n)
+    fig = _figure(1.0 + 0.55 * n, 0.8 + 0.5 * n, left=0.16, bottom=0.14, top=0.92)
     ax = fig.add_subplot()
     ax.imshow(cm, cmap="Blues")
     for i in range(n):
@@ -47,7 +50,7 @@ def save_confusion(cm: np.ndarray, names: list[str], folder: Path) -> None:
 def save_learning_curves(points: dict[str, list[tuple[int, float]]], n_train: int, path: Path) -> None:
     """Loss and accuracy against epochs: ``train/loss|acc`` (step = images seen) and the
     per-epoch ``train/epoch_*``, ``val/*``, ``test/*`` (step = epoch)."""
-    fig = _figure(10, 4)
+    fig = _figure(10, 4, left=0.07, bottom=0.13, top=0.9, wspace=0.22)
     for ax, what in zip(fig.subplots(1, 2), ("loss", "acc")):
         for key, style in ((f"train/{what}", dict(alpha=0.4, lw=1)), (f"train/epoch_{what}", dict(marker="o")),
                            (f"val/{what}", dict(marker="s")), (f"test/{what}", dict(marker="^"))):

@@ -112,11 +112,11 @@ def ensure_store(uri: str) -> None:
 
 def client(uri: str):
     """An MlflowClient on a store that is ready to use."""
+    ensure_store(uri)  # first: an unreachable server fails in milliseconds, before MLflow loads
     import mlflow
     from mlflow.tracking import MlflowClient
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no tqdm bars in run logs
-    ensure_store(uri)
     mlflow.set_tracking_uri(uri)  # for mlflow.models.Model.log, which reads the global URI
     return MlflowClient(uri)
 

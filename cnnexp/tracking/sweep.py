@@ -8,8 +8,8 @@ from __future__ import annotations
 import logging
 
 from ..errors import TrackingError
-from .meta import run_name
-from .mlflow_tracker import _first_line, common_tags, sweep_id
+from .meta import MAX_TAG_VALUE, clip, first_line, run_name
+from .mlflow_tracker import common_tags, sweep_id
 
 logger = logging.getLogger("cnnexp")
 
@@ -18,6 +18,7 @@ class SweepRun:
     def __init__(self, client, run_id: str, exp_id: str, uri: str):
         self.client, self.run_id, self.exp_id, self.uri = client, run_id, exp_id, uri
         self.done = False
+        self.failed: list[str] = []  # overrides of the jobs that ended FAILED
 
     @classmethod
     def start(cls, tracking: dict, info: dict) -> "SweepRun":
@@ -30,16 +31,16 @@ class SweepRun:
         try:
             client = store.client(uri)
             exp_id = store.experiment_id(client, experiment, uri)
-            tags = {**common_tags({}, info), "cnnexp.role": "sweep", "sweep.id": sweep_id(info.get("sweep_dir")),
+            tags = {**common_tags(info), "cnnexp.role": "sweep", "sweep.id": sweep_id(info.get("sweep_dir")),
                     "sweep.dir": info.get("sweep_dir"), "sweep.sweeper": info.get("sweeper"),
-                    "sweep.launcher": info.get("launcher")}
+                    "sweep.launcher": info.get("launcher"), "sweep.search_space": info.get("search_space")}
             name = "sweep " + (" ".join(info.get("overrides") or []) or run_name(None))
             run = store.retry(client.create_run, exp_id, run_name=name[:250],
-                              tags={k: str(v) for k, v in tags.items() if v})
+                              tags={k: clip(str(v), MAX_TAG_VALUE) for k, v in tags.items() if v})
         except TrackingError:
             raise
         except Exception as e:
-            raise TrackingError(f"cannot start the sweep's MLflow run in {uri}: {_first_line(e)}") from e
+            raise TrackingError(f"cannot start the sweep's MLflow run in {uri}: {first_line(e)}") from e
         logger.info(f"MLflow sweep run {run.info.run_id} ({name}) in experiment '{experiment}' at {uri}")
         return cls(client, run.info.run_id, exp_id, uri)
 
@@ -54,18 +55,33 @@ class SweepRun:
 
         try:
             kids = runs.children(self.client, self.exp_id, self.run_id)
+            if status is not None and self._end_running(kids, note or "the sweep was interrupted"):
+                kids = runs.children(self.client, self.exp_id, self.run_id)
             finished = [r for r in kids if r.info.status == "FINISHED"]
+            self.failed = [r.data.tags.get("hydra.overrides", r.info.run_name) for r in kids
+                           if r.info.status == "FAILED"]
             if status is None:
                 status = "FINISHED" if finished else "FAILED"
                 if not finished:
                     note = note or f"none of the sweep's {len(kids)} job(s) finished"
             self._summarise(kids, finished)
         except Exception as e:  # noqa: BLE001  (still end the run)
-            logger.warning(f"cnnexp: could not summarise the sweep: {_first_line(e)}")
+            logger.warning(f"cnnexp: could not summarise the sweep: {first_line(e)}")
             status = status or "FINISHED"
         if note:
             retry(self.client.set_tag, self.run_id, "mlflow.note.content", note)
         retry(self.client.set_terminated, self.run_id, status)
+
+    def _end_running(self, kids: list, note: str) -> int:
+        """Parallel jobs are SIGKILLed by joblib when the sweep is interrupted: end their runs
+        KILLED. Returns how many there were."""
+        from .store import retry
+
+        running = [r for r in kids if r.info.status == "RUNNING"]
+        for r in running:
+            retry(self.client.set_tag, r.info.run_id, "mlflow.note.content", note)
+            retry(self.client.set_terminated, r.info.run_id, "KILLED")
+        return len(running)
 
     def _summarise(self, kids: list, finished: list) -> None:
         from .. import runs
