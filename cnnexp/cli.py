@@ -60,6 +60,22 @@ def make_tracker(cfg: dict, info: dict):
     return MlflowTracker.start(cfg, info)
 
 
+def resume_checkpoint(cfg: dict, info: dict):
+    """``resume=`` a checkpoint file, a run directory or an MLflow run id -> Checkpoint (or None)."""
+    target = cfg.get("resume")
+    if not target:
+        return None
+    from . import checkpoint
+
+    if os.path.exists(target) or os.sep in str(target) or str(target).endswith(".npz"):
+        return checkpoint.load(target)
+    from .tracking import store
+
+    dst = os.path.join(info["output_dir"], "resume")
+    os.makedirs(dst, exist_ok=True)
+    return checkpoint.load(store.download_checkpoint(str(target), store.resolve_uri(cfg["tracking"].get("uri")), dst))
+
+
 @contextmanager
 def sigterm_as_interrupt():
     """SIGTERM raises KeyboardInterrupt (in the main thread), so runs end KILLED, not RUNNING."""
@@ -88,8 +104,10 @@ def hydra_main(dcfg: DictConfig) -> float | None:
     try:  # the tracker's run always ends (finally): FINISHED, FAILED or KILLED, never RUNNING
         with sigterm_as_interrupt():
             exp = prepare(cfg)
+            ckpt = resume_checkpoint(cfg, info)
             tracker = make_tracker(cfg, info)
-            result = run(cfg, tracker=tracker, exp=exp)
+            result = run(cfg, tracker=tracker, exp=exp, resume=ckpt,
+                         checkpoint_dir=os.path.join(info["output_dir"], "checkpoints"))
             tracker.log_results(result)  # weights, model, plots: needs the trained model
         status, error = "FINISHED", None
         m = result["metrics"]

@@ -173,3 +173,20 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def download_checkpoint(run_id: str, uri: str, dst: str | Path) -> Path:
+    """Fetch ``checkpoints/last.npz`` of an MLflow run; one-line errors for unknown runs."""
+    from ..errors import ConfigError
+
+    c = client(uri)
+    try:
+        c.get_run(run_id)
+    except Exception as e:  # noqa: BLE001  (MlflowException: RESOURCE_DOES_NOT_EXIST, bad id)
+        raise ConfigError(f"resume={run_id!r} is neither a checkpoint file nor a run in {uri} "
+                          f"({str(e).splitlines()[0][:200]}); pass a checkpoint path or an MLflow run id") from None
+    try:
+        return Path(retry(c.download_artifacts, run_id, "checkpoints/last.npz", str(dst)))
+    except Exception as e:  # noqa: BLE001
+        raise ConfigError(f"run {run_id} has no checkpoints/last.npz artifact to resume from "
+                          f"({str(e).splitlines()[0][:200]})") from None
