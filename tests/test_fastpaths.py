@@ -283,3 +283,248 @@ def test_make_plan_keeps_unfusable_layers_in_order():
     kinds = [type(s).__name__ for s in m._plan]
     assert kinds == ["Conv2D", "ReLU", "ConvMaxPool", "Dropout", "Flatten", "Dense", "ReLU", "Dropout", "Dense"]
     assert make_plan(m.layers[:1]) == [m.layers[0]]
+
+
+# -- batch-innermost one-channel stages (ConvMaxPoolT, ConvPoolDenseT) ----------------------
+from cnnexp.layers.fused import ConvMaxPoolT, ConvPoolDenseT  # noqa: E402
+
+ONE_CHANNEL_CASES = [
+    dict(),                                       # the seed net's shape
+    dict(bias=True, relu=True),                   # bias and ReLU after pooling
+    dict(relu=True, padding="same", h=8, w=6),    # padded input
+    dict(pool=3, h=11, w=8, filters=2),           # 3x3 tiles
+    dict(kernel=2, h=9, w=7, bias=True),          # even kernel, odd input
+]
+
+
+def test_plan_uses_batch_innermost_stage_for_one_channel_conv_into_dense():
+    assert type(build_model(conv_pool_spec(), seed=0, dtype=F64)._plan[0]) is ConvPoolDenseT
+    assert type(build_model(conv_pool_spec(c=2), seed=0, dtype=F64)._plan[0]) is ConvMaxPool
+    spec = conv_pool_spec()
+    spec["layers"].insert(2, {"type": "dropout", "rate": 0.5})  # not straight into flatten -> dense
+    assert type(build_model(spec, seed=0, dtype=F64)._plan[0]) is ConvMaxPoolT
+
+
+@pytest.mark.parametrize("case", ONE_CHANNEL_CASES, ids=[str(c) for c in ONE_CHANNEL_CASES])
+@pytest.mark.parametrize("n", [2, 17])  # 2: under min_batch (plain order); 17: batch-innermost
+def test_batch_innermost_train_batch_matches_reference(case, n):
+    m = model_with_bias_noise(conv_pool_spec(**case))
+    assert isinstance(m._plan[0], ConvPoolDenseT)
+    rng = np.random.default_rng(21)
+    x = rng.uniform(-0.5, 0.5, (n,) + m.input_shape)
+    labels = rng.integers(0, 5, n)
+    ref = reference_grads(m, x, labels)
+    ref_p = m.forward(x)
+    losses, probs = m.train_batch(x, labels)
+    assert m._plan[0]._transposed == (n >= ConvMaxPoolT.min_batch)
+    np.testing.assert_allclose(probs, ref_p, rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(losses, -np.log(ref_p[np.arange(n), labels]), rtol=1e-10)
+    for k, v in m.grads.items():
+        np.testing.assert_allclose(v, ref[k], rtol=1e-10, atol=1e-14, err_msg=k)
+
+
+def test_batch_innermost_ties_send_gradient_to_every_max():
+    for case in (dict(), dict(bias=True, relu=True)):
+        m = model_with_bias_noise(conv_pool_spec(**case))
+        x = np.full((20,) + m.input_shape, 0.25)
+        labels = np.arange(20) % 5
+        ref = reference_grads(m, x, labels)
+        m.train_batch(x, labels)
+        for k, v in m.grads.items():
+            np.testing.assert_allclose(v, ref[k], rtol=1e-12, atol=1e-15, err_msg=k)
+
+
+@pytest.mark.parametrize("case", [dict(), dict(bias=True, relu=True), dict(padding="same", h=8, w=6)])
+def test_batch_innermost_conv_pool_stage_finite_differences(case, monkeypatch):
+    """ConvMaxPoolT alone (its (N, OH/ph, OW/pw, F) output, dL/dx included), in float64."""
+    monkeypatch.setattr(ConvMaxPoolT, "min_batch", 1)
+    m = model_with_bias_noise(conv_pool_spec(**case), seed=2)
+    conv, pool = m.layers[0], m.layers[2 if case.get("relu") else 1]
+    stage = ConvMaxPoolT(conv, pool, m.layers[1] if case.get("relu") else None)
+    conv.needs_input_grad = True
+    rng = np.random.default_rng(22)
+    x = rng.uniform(-1, 1, (3,) + m.input_shape)
+    y = stage.forward(x, True)
+    assert stage._transposed
+    R = rng.standard_normal(y.shape)
+    dx = stage.backward(R.copy())
+    grads = {k: v.copy() for k, v in conv.grads.items()}
+
+    def loss():
+        return float(np.sum(stage.forward(x, True) * R))
+
+    assert_grad_close(dx, numeric_grad(loss, x), "T stage d/dx")
+    for k, p in conv.params.items():
+        assert_grad_close(grads[k], numeric_grad(loss, p), f"T stage d/d{k}")
+
+
+@pytest.mark.parametrize("case", [dict(), dict(bias=True, relu=True)])
+def test_conv_pool_dense_stage_finite_differences(case, monkeypatch):
+    """ConvPoolDenseT (conv, pool and dense parameters, dL/dx), L = sum(logits * R), float64."""
+    monkeypatch.setattr(ConvMaxPoolT, "min_batch", 1)
+    m = model_with_bias_noise(conv_pool_spec(**case), seed=5)
+    stage = m._plan[0]
+    stage.conv.needs_input_grad = True
+    rng = np.random.default_rng(23)
+    x = rng.uniform(-1, 1, (3,) + m.input_shape)
+    y = stage.forward(x, True)
+    R = rng.standard_normal(y.shape)
+    dx = stage.backward(R.copy())
+    grads = {k: v.copy() for k, v in m.grads.items()}
+
+    def loss():
+        return float(np.sum(stage.forward(x, True) * R))
+
+    assert_grad_close(dx, numeric_grad(loss, x), "fused dense d/dx")
+    for k, p in m.params.items():
+        assert_grad_close(grads[k], numeric_grad(loss, p), f"fused dense d/d{k}")
+
+
+def test_conv_backward_after_batch_innermost_forward():
+    """After a ConvMaxPoolT forward the conv layer's own backward still gives its true gradients."""
+    m = model_with_bias_noise(conv_pool_spec(bias=True), seed=4)
+    conv, pool = m.layers[0], m.layers[1]
+    conv.needs_input_grad = True
+    rng = np.random.default_rng(24)
+    x = rng.uniform(-1, 1, (20,) + m.input_shape)
+    dy = rng.standard_normal((20,) + conv.output_shape)
+    conv.forward(x, True)
+    dx_ref = conv.backward(dy)
+    ref = {k: v.copy() for k, v in conv.grads.items()}
+    ConvMaxPoolT(conv, pool).forward(x, True)
+    dx = conv.backward(dy)
+    np.testing.assert_allclose(dx, dx_ref, rtol=1e-12, atol=1e-14)
+    for k, v in conv.grads.items():
+        np.testing.assert_allclose(v, ref[k], rtol=1e-12, atol=1e-14, err_msg=k)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_batch_innermost_inference_and_split_match(threads):
+    m = model_with_bias_noise(SEED_SMALL, seed=6)
+    m.threads, m.infer_chunk, m.split_min_batch = threads, 16, 32
+    rng = np.random.default_rng(25)
+    images = rng.integers(0, 256, (70, 12, 12), dtype=np.uint8)
+    labels = rng.integers(0, 10, 70)
+    x = m.preprocess(images)
+    ref = m.forward(x)
+    np.testing.assert_allclose(m.predict_proba(images), ref, rtol=1e-12, atol=1e-15)
+    ref_g = reference_grads(m, x[:40], labels[:40])
+    m.train_batch(x[:40], labels[:40])  # split across threads when threads == 2, 20 per half
+    for k, v in m.grads.items():
+        np.testing.assert_allclose(v, ref_g[k], rtol=1e-10, atol=1e-14, err_msg=k)
+
+
+# -- sub-batched (cache-blocked) ConvMaxPool ----------------------------------------------------
+
+def _force_chunks(monkeypatch, nbytes=1):
+    monkeypatch.setattr(ConvMaxPool, "chunk_bytes", nbytes)
+    monkeypatch.setattr(ConvMaxPool, "chunk_min_cols_bytes", 0)
+
+
+CHUNK_CASES = [dict(c=3), dict(bias=True, relu=True, c=2), dict(padding="same", h=8, w=6, c=2, bias=True)]
+
+
+@pytest.mark.parametrize("case", CHUNK_CASES, ids=[str(c) for c in CHUNK_CASES])
+@pytest.mark.parametrize("nbytes", [1, 3000])  # one image per sub-batch; uneven sub-batches
+def test_chunked_conv_pool_matches_reference(case, nbytes, monkeypatch):
+    _force_chunks(monkeypatch, nbytes)
+    spec = conv_pool_spec(**case)
+    spec["layers"].insert(0, {"type": "conv2d", "filters": case["c"], "kernel_size": 1})  # needs dL/dx
+    spec["input_shape"][2] = 1
+    m = model_with_bias_noise(spec)
+    rng = np.random.default_rng(26)
+    n = 5
+    x = rng.uniform(-0.5, 0.5, (n,) + m.input_shape)
+    labels = rng.integers(0, 5, n)
+    ref = reference_grads(m, x, labels)
+    ref_p = m.forward(x)
+    losses, probs = m.train_batch(x, labels)
+    stage = next(s for s in m._plan if type(s) is ConvMaxPool)
+    assert stage._chunk < n
+    np.testing.assert_allclose(probs, ref_p, rtol=1e-12, atol=1e-15)
+    for k, v in m.grads.items():
+        np.testing.assert_allclose(v, ref[k], rtol=1e-10, atol=1e-14, err_msg=k)
+
+
+def test_chunked_conv_pool_ties(monkeypatch):
+    _force_chunks(monkeypatch)
+    m = model_with_bias_noise(conv_pool_spec(c=2, bias=True, relu=True))
+    x = np.full((3,) + m.input_shape, 0.25)
+    labels = np.array([1, 3, 0])
+    ref = reference_grads(m, x, labels)
+    m.train_batch(x, labels)
+    for k, v in m.grads.items():
+        np.testing.assert_allclose(v, ref[k], rtol=1e-12, atol=1e-15, err_msg=k)
+
+
+@pytest.mark.parametrize("case", CHUNK_CASES, ids=[str(c) for c in CHUNK_CASES])
+def test_chunked_conv_pool_finite_differences(case, monkeypatch):
+    _force_chunks(monkeypatch)
+    m = model_with_bias_noise(conv_pool_spec(**case), seed=2)
+    stage = m._plan[0]
+    stage.conv.needs_input_grad = True
+    rng = np.random.default_rng(27)
+    x = rng.uniform(-1, 1, (3,) + m.input_shape)
+    y = stage.forward(x, True)
+    assert stage._chunk == 1
+    R = rng.standard_normal(y.shape)
+    dx = stage.backward(R.copy())
+    grads = {k: v.copy() for k, v in stage.conv.grads.items()}
+
+    def loss():
+        return float(np.sum(stage.forward(x, True) * R))
+
+    assert_grad_close(dx, numeric_grad(loss, x), "chunked d/dx")
+    for k, p in stage.conv.params.items():
+        assert_grad_close(grads[k], numeric_grad(loss, p), f"chunked d/d{k}")
+
+
+def test_conv_backward_after_chunked_fused_forward(monkeypatch):
+    _force_chunks(monkeypatch)
+    m = model_with_bias_noise(conv_pool_spec(c=2, bias=True), seed=4)
+    conv = m.layers[0]
+    conv.needs_input_grad = True
+    rng = np.random.default_rng(28)
+    x = rng.uniform(-1, 1, (3,) + m.input_shape)
+    dy = rng.standard_normal((3,) + conv.output_shape)
+    conv.forward(x, True)
+    dx_ref = conv.backward(dy)
+    ref = {k: v.copy() for k, v in conv.grads.items()}
+    m._plan[0].forward(x, True)
+    dx = conv.backward(dy)
+    np.testing.assert_allclose(dx, dx_ref, rtol=1e-12, atol=1e-14)
+    for k, v in conv.grads.items():
+        np.testing.assert_allclose(v, ref[k], rtol=1e-12, atol=1e-14, err_msg=k)
+
+
+def test_split_threshold_counts_work_per_image():
+    heavy = build_model(KERAS_SMALL, seed=0, dtype=F64)
+    heavy.threads = 2
+    flops = heavy.train_flops
+    assert flops > 0
+    heavy.split_min_flops = 4 * flops
+    assert not heavy._split(3) and heavy._split(4) and heavy._split(heavy.split_min_batch)
+    heavy.threads = 1
+    assert not heavy._split(1000)
+
+
+def test_keras_like_split_on_work_matches_one_thread():
+    """A batch split because of its work (below split_min_batch), dropout included."""
+    n = 6
+    rng = np.random.default_rng(29)
+    x = rng.uniform(-0.5, 0.5, (n,) + tuple(KERAS_SMALL["input_shape"]))
+    labels = rng.integers(0, 10, n)
+    out = {}
+    for threads in (1, 2):
+        m = model_with_bias_noise(KERAS_SMALL, seed=1)
+        m.threads, m.split_min_flops = threads, 1.0
+        assert m._split(n) == (threads == 2)
+        for i, l in enumerate(m.layers):
+            if hasattr(l, "rng"):
+                l.rng = np.random.default_rng(200 + i)
+        losses, probs = m.train_batch(x, labels)
+        out[threads] = (losses, probs, {k: v.copy() for k, v in m.grads.items()})
+    for i in range(2):
+        np.testing.assert_allclose(out[2][i], out[1][i], rtol=1e-12, atol=1e-15)
+    for k in out[1][2]:
+        np.testing.assert_allclose(out[2][2][k], out[1][2][k], rtol=1e-10, atol=1e-14, err_msg=k)

@@ -66,7 +66,10 @@ class Dropout(Layer):
         rows, so the result does not depend on the split."""
         keep = 1.0 - self.rate
         dtype = np.dtype(dtype)
-        return (self.rng.random(shape, dtype=np.float32) < keep).astype(dtype) / dtype.type(keep)
+        r = self.rng.random(shape, dtype=np.float32)
+        # (r < keep) as 1.0/0.0, divided by keep, in one pass (same values as astype then /)
+        out = r if dtype == r.dtype else None
+        return np.divide(np.less(r, keep), dtype.type(keep), out=out, dtype=dtype)
 
     def forward(self, x, training=False):
         if not training or self.rate == 0:
