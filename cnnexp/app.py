@@ -1,7 +1,7 @@
 """One experiment, from a resolved config dict to a trained, evaluated, logged model.
 
 Knows the registries and the Tracker interface, not Hydra and not MLflow: the entry point
-(``cnnexp/__main__.py``) composes the config and picks the tracker.
+(``cnnexp/cli.py``) composes the config and picks the tracker.
 """
 
 from __future__ import annotations
@@ -115,20 +115,27 @@ def graceful_stop():
         clear_stop()
 
 
+def load_checked_data(cfg: dict, exp: Experiment):
+    """``load_data`` plus the checks that need the data (sizes, classes, image shape)."""
+    ds, splits = load_data(cfg)
+    check_fit(exp, ds, splits)
+    return ds, splits
+
+
 def run(cfg: dict, tracker: Tracker | None = None, log: Callable[[str], None] | None = None,
         exp: Experiment | None = None, checkpoint_dir: str | Path | None = None,
-        resume: Checkpoint | None = None) -> dict[str, Any]:
+        resume: Checkpoint | None = None, data=None) -> dict[str, Any]:
     """Run one experiment. Returns final metrics and what the caller needs to log artifacts.
 
     With ``checkpoint_dir``, ``<dir>/last.npz`` is written after every epoch (and logged as a
     tracker artifact) and when a signal stops the run; ``resume`` continues from a checkpoint.
+    ``data`` is ``load_checked_data``'s result when the caller loaded it already.
     """
     tracker = tracker or NullTracker()
     log = log or logger.info
     exp = exp or prepare(cfg)
     log(exp.model.summary())
-    ds, splits = load_data(cfg)
-    check_fit(exp, ds, splits)
+    ds, splits = data or load_checked_data(cfg, exp)
     state = None
     if resume is not None:
         state = checkpoint.restore(resume, exp.model, exp.optimizer, TrainState)

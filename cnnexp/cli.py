@@ -95,7 +95,7 @@ def sigterm_as_interrupt():
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
 def hydra_main(dcfg: DictConfig) -> float | None:
-    from .app import prepare, run
+    from .app import load_checked_data, prepare, run
 
     cfg = OmegaConf.to_container(dcfg, resolve=True)
     info = job_info()
@@ -103,10 +103,11 @@ def hydra_main(dcfg: DictConfig) -> float | None:
     status, error = "FAILED", "the run ended without reporting why"
     try:  # the tracker's run always ends (finally): FINISHED, FAILED or KILLED, never RUNNING
         with sigterm_as_interrupt():
-            exp = prepare(cfg)
+            exp = prepare(cfg)  # config, data and checkpoint errors all come before the MLflow run
+            data = load_checked_data(cfg, exp)
             ckpt = resume_checkpoint(cfg, info)
             tracker = make_tracker(cfg, info)
-            result = run(cfg, tracker=tracker, exp=exp, resume=ckpt,
+            result = run(cfg, tracker=tracker, exp=exp, resume=ckpt, data=data,
                          checkpoint_dir=os.path.join(info["output_dir"], "checkpoints"))
             tracker.log_results(result)  # weights, model, plots: needs the trained model
         status, error = "FINISHED", None
