@@ -159,3 +159,10 @@ def test_outputs_disk_full(tmp_path):
 def test_no_free_target(tmp_path, override):
     p = cli([override, "tracking.enabled=false"], tmp_path)
     assert_one_line_error(p, "_target_", "not allowed")
+
+
+def test_data_errors_come_before_the_mlflow_run(tmp_path):
+    """With tracking on, an input error found while loading data leaves no run behind."""
+    p = cli(["batch_size=1001"], tmp_path)
+    assert_one_line_error(p, "batch_size=1001")
+    assert not (tmp_path / "outputs" / "mlflow.db").exists()
