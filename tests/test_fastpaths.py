@@ -7,7 +7,10 @@ of the unrolled input, bias/ReLU after pooling, the all-maxima tie rule), the si
 ``np.take`` unrolling, chunked thin weight-gradient products, the fused softmax + loss (numpy
 and batch-1 Python paths), the two-thread batch split (gradients summed; dropout masks drawn
 for the whole batch), chunked two-thread inference, flat parameter/gradient buffers and the
-flat SGD update.
+flat SGD update; the batch-innermost stages' column-pieced conv product, raw uint8 images
+preprocessed by the first stage (bit-identical to ``Model.preprocess``), the permuted dense
+weights kept per inference call, and whole-batch softmax/loss in inference (identical for one
+and two threads).
 """
 
 from __future__ import annotations
@@ -528,3 +531,138 @@ def test_keras_like_split_on_work_matches_one_thread():
         np.testing.assert_allclose(out[2][i], out[1][i], rtol=1e-12, atol=1e-15)
     for k in out[1][2]:
         np.testing.assert_allclose(out[2][2][k], out[1][2][k], rtol=1e-10, atol=1e-14, err_msg=k)
+
+
+# -- column-pieced conv product, raw-image first stage, whole-batch inference loss -----------
+
+BT_CASES = [dict(), dict(bias=True, relu=True), dict(bias=True, pool=3, h=11, w=11)]
+
+
+@pytest.mark.parametrize("case", BT_CASES, ids=[str(c) for c in BT_CASES])
+@pytest.mark.parametrize("max_cols", [7, 50, 10**9])  # tiny / uneven pieces; one piece
+def test_batch_innermost_column_pieces_match_reference(case, max_cols, monkeypatch):
+    """``ConvMaxPoolT._conv_pool_t`` in column pieces: same forward and gradients as the layers."""
+    monkeypatch.setattr(ConvMaxPoolT, "max_cols", max_cols)
+    m = model_with_bias_noise(conv_pool_spec(**case), seed=11)
+    assert isinstance(m._plan[0], ConvMaxPoolT)
+    rng = np.random.default_rng(31)
+    x = rng.standard_normal((20,) + m.input_shape)
+    labels = rng.integers(0, 5, 20)
+    ref = reference_grads(m, x, labels)
+    p_ref = m.forward(x)
+    _, p = m.train_batch(x, labels)
+    np.testing.assert_allclose(p, p_ref, rtol=1e-12, atol=1e-15)
+    for k, v in m.grads.items():
+        np.testing.assert_allclose(v, ref[k], rtol=1e-10, atol=1e-14, err_msg=k)
+
+
+@pytest.mark.parametrize("max_cols", [7, 10**9])
+def test_column_pieced_stage_finite_differences(max_cols, monkeypatch):
+    monkeypatch.setattr(ConvMaxPoolT, "max_cols", max_cols)
+    m = model_with_bias_noise(SEED_SMALL, seed=12)
+    rng = np.random.default_rng(32)
+    x = rng.standard_normal((17,) + m.input_shape)
+    labels = rng.integers(0, 10, 17)
+    m.threads = 1
+    m.train_batch(x, labels)
+    grads = {k: v.copy() for k, v in m.grads.items()}
+
+    def f():
+        m.train_batch(x, labels)
+        return float(m.loss_layer.loss(labels).mean())
+
+    for k, p in m.params.items():
+        assert_grad_close(grads[k], numeric_grad(f, p), f"pieced {k}")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("n", [16, 40, 64, 70])  # unsplit / split, raw first stage
+def test_train_step_on_raw_images_matches_preprocessed(dtype, threads, n):
+    """``train_step`` hands raw uint8 images to the first ``ConvMaxPoolT`` stage, which
+    preprocesses them into its own buffer: bit-identical to ``train_batch(preprocess(...))``."""
+    spec = {**SEED_SMALL}
+    a = build_model(spec, seed=3, dtype=dtype, scale=1 / 255, shift=-0.5)
+    b = build_model(spec, seed=3, dtype=dtype, scale=1 / 255, shift=-0.5)
+    assert a._raw_first()
+    for mdl in (a, b):
+        mdl.threads, mdl.split_min_batch = threads, 32
+    rng = np.random.default_rng(40 + n)
+    images = rng.integers(0, 256, (n, 12, 12), dtype=np.uint8)
+    labels = rng.integers(0, 10, n)
+    loss_a, corr_a = a.train_step(images, labels)
+    losses_b, probs_b = b.train_batch(b.preprocess(images), labels)
+    assert corr_a == int(np.count_nonzero(probs_b.argmax(1) == labels))
+    np.testing.assert_allclose(loss_a, float(losses_b.astype(np.float64).sum()), rtol=1e-6)
+    for k in a.grads:
+        np.testing.assert_array_equal(a.grads[k], b.grads[k], err_msg=k)
+    # and the raw path with a channel axis
+    a.train_step(images[..., None], labels)
+    for k in a.grads:
+        np.testing.assert_array_equal(a.grads[k], b.grads[k], err_msg=k)
+
+
+def test_train_step_raw_path_rejects_wrong_shape():
+    m = build_model(SEED_SMALL, seed=0)
+    with pytest.raises(ValueError):
+        m.train_step(np.zeros((32, 11, 12), np.uint8), np.zeros(32, int))
+
+
+@pytest.mark.parametrize("chunk", [16, 20, 33])
+def test_seed_like_inference_is_independent_of_threads_and_matches_forward(chunk):
+    """Raw-image inference (first stage preprocesses, permuted dense weights kept across
+    chunks, softmax/loss of the whole batch at once): equal to ``forward`` and bit-identical
+    between one and two threads."""
+    rng = np.random.default_rng(50)
+    images = rng.integers(0, 256, (101, 12, 12), dtype=np.uint8)
+    labels = rng.integers(0, 10, 101)
+    out = {}
+    for threads in (1, 2):
+        m = build_model(SEED_SMALL, seed=4, dtype=F64, scale=1 / 255, shift=-0.5)
+        m.threads, m.infer_chunk = threads, chunk
+        out[threads] = (m.predict_proba(images), m.evaluate(images, labels))
+    ref = m.forward(m.preprocess(images))
+    np.testing.assert_allclose(out[1][0], ref, rtol=1e-12, atol=1e-15)
+    np.testing.assert_array_equal(out[1][0], out[2][0])
+    assert out[1][1] == out[2][1]
+    np.testing.assert_allclose(out[1][1][0], -np.log(ref[np.arange(101), labels]).mean(), rtol=1e-12)
+    assert out[1][1][1] == np.mean(ref.argmax(1) == labels)
+
+
+def test_inference_sees_weights_changed_between_calls():
+    """The permuted dense weights kept during one inference call are rebuilt on the next."""
+    m = build_model(SEED_SMALL, seed=5, dtype=F64)
+    m.infer_chunk = 16
+    images = np.random.default_rng(51).integers(0, 256, (40, 12, 12), dtype=np.uint8)
+    m.predict_proba(images)
+    m.params["dense_3.W"][...] *= -2.0
+    np.testing.assert_allclose(m.predict_proba(images), m.forward(m.preprocess(images)), rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("n", [3, 16, 20])  # under / at / over ConvMaxPoolT.min_batch
+@pytest.mark.parametrize("dense", [False, True])  # ConvMaxPoolT alone / ConvPoolDenseT
+def test_raw_image_stage_forward_matches_preprocessed(n, dense):
+    """A first-stage forward on raw images (``pre=(scale, shift)``) gives exactly the output
+    and gradients of the same forward on ``Model.preprocess``-ed images, at every batch size."""
+    spec = SEED_SMALL if dense else {"input_shape": [12, 12, 1], "layers": [
+        {"type": "conv2d", "filters": 3, "bias": True}, {"type": "maxpool2d", "pool": 2}, {"type": "relu"},
+        {"type": "flatten"}, {"type": "dense", "units": 4}, {"type": "softmax"}]}
+    res = []
+    for raw in (False, True):
+        m = build_model(spec, seed=8, dtype=F64, scale=1 / 255, shift=-0.5)
+        st = m._plan[0]
+        assert type(st) is (ConvPoolDenseT if dense else ConvMaxPoolT) and st.accepts_raw()
+        images = np.random.default_rng(60 + n).integers(0, 256, (n, 12, 12), dtype=np.uint8)
+        out = st.forward(images, True, pre=(m.scale, m.shift)) if raw else st.forward(m.preprocess(images), True)
+        out = np.array(out)
+        st.backward(np.ones_like(out))
+        res.append((out, {k: v.copy() for k, v in m.grads.items()}))
+    np.testing.assert_array_equal(res[0][0], res[1][0])
+    for k in res[0][1]:
+        np.testing.assert_array_equal(res[0][1][k], res[1][1][k], err_msg=k)
+
+
+def test_accepts_raw_is_false_with_padding():
+    m = build_model(conv_pool_spec(h=8, w=6, padding="same"), seed=0)
+    assert isinstance(m._plan[0], ConvMaxPoolT) and not m._plan[0].accepts_raw()
+    assert not m._raw_first()
