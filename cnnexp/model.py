@@ -10,7 +10,7 @@ line naming the layer and the shapes, when the stack does not fit.
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 
@@ -211,7 +211,3 @@ def build_model(spec: dict, seed: int = 0, dtype: str | None = None, scale: floa
             raise ConfigError(f"{at} ({ls['type']}): {e} (input shape {cur})") from None
         layers.append(layer)
     return Model(layers, tuple(shape), dtype, {**spec, "dtype": dtype}, scale=scale, shift=shift)
-
-
-def iter_layer_specs(spec: dict) -> Iterable[dict]:
-    return iter(_plain(spec).get("layers", []))
