@@ -134,14 +134,14 @@ def test_fused_stage_finite_differences(case):
         assert_grad_close(grads[k], numeric_grad(loss, p), f"fused d/d{k}")
 
 
-def test_conv_backward_after_fused_forward_reorders_dy():
+def check_conv_backward_after_fused_forward(n: int, seed: int):
     """After a fused forward the conv layer's own backward still gives its true gradients."""
     m = model_with_bias_noise(conv_pool_spec(c=2, bias=True), seed=4)
     conv = m.layers[0]
     conv.needs_input_grad = True
-    rng = np.random.default_rng(5)
-    x = rng.uniform(-1, 1, (2,) + m.input_shape)
-    dy = rng.standard_normal((2,) + conv.output_shape)
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(-1, 1, (n,) + m.input_shape)
+    dy = rng.standard_normal((n,) + conv.output_shape)
     conv.forward(x, True)
     dx_ref = conv.backward(dy)
     ref = {k: v.copy() for k, v in conv.grads.items()}
@@ -150,6 +150,10 @@ def test_conv_backward_after_fused_forward_reorders_dy():
     np.testing.assert_allclose(dx, dx_ref, rtol=1e-12, atol=1e-14)
     for k, v in conv.grads.items():
         np.testing.assert_allclose(v, ref[k], rtol=1e-12, atol=1e-14, err_msg=k)
+
+
+def test_conv_backward_after_fused_forward_reorders_dy():
+    check_conv_backward_after_fused_forward(n=2, seed=5)
 
 
 def test_chunked_thin_weight_gradient(monkeypatch):
@@ -484,20 +488,7 @@ def test_chunked_conv_pool_finite_differences(case, monkeypatch):
 
 def test_conv_backward_after_chunked_fused_forward(monkeypatch):
     _force_chunks(monkeypatch)
-    m = model_with_bias_noise(conv_pool_spec(c=2, bias=True), seed=4)
-    conv = m.layers[0]
-    conv.needs_input_grad = True
-    rng = np.random.default_rng(28)
-    x = rng.uniform(-1, 1, (3,) + m.input_shape)
-    dy = rng.standard_normal((3,) + conv.output_shape)
-    conv.forward(x, True)
-    dx_ref = conv.backward(dy)
-    ref = {k: v.copy() for k, v in conv.grads.items()}
-    m._plan[0].forward(x, True)
-    dx = conv.backward(dy)
-    np.testing.assert_allclose(dx, dx_ref, rtol=1e-12, atol=1e-14)
-    for k, v in conv.grads.items():
-        np.testing.assert_allclose(v, ref[k], rtol=1e-12, atol=1e-14, err_msg=k)
+    check_conv_backward_after_fused_forward(n=3, seed=28)
 
 
 def test_split_threshold_counts_work_per_image():

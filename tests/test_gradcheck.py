@@ -16,6 +16,7 @@ from gradcheck import (assert_grad_close, check_layer, check_model, model_mean_l
 from cnnexp.layers import Dropout, Softmax
 from cnnexp.model import build_model
 from cnnexp.registry import LAYERS
+from test_post_equivalence import seed_spec
 
 F64 = "float64"
 
@@ -359,16 +360,7 @@ def test_softmax_loss_is_stable_for_extreme_logits():
 
 # -- whole models ------------------------------------------------------------------------------
 
-SEED_NET = {
-    "input_shape": [10, 10, 1],
-    "layers": [
-        {"type": "conv2d", "filters": 8, "kernel_size": 3, "bias": False, "init": "randn_fan_in"},
-        {"type": "maxpool2d", "pool": 2},
-        {"type": "flatten"},
-        {"type": "dense", "units": 10, "init": "randn_fan_in"},
-        {"type": "softmax"},
-    ],
-}
+SEED_NET = seed_spec(10, 10)  # the seed post's net on 10x10 inputs
 
 LENET_NET = {
     "input_shape": [12, 12, 1],
