@@ -49,14 +49,19 @@ def job_info() -> dict:
 
 
 def make_tracker(cfg: dict, info: dict):
+    """NullTracker, JournalTracker (a background process logs to MLflow) or MlflowTracker."""
+    from .tracking import store
     from .tracking.base import NullTracker
 
-    if not cfg["tracking"]["enabled"]:
+    tcfg = cfg["tracking"]
+    if not tcfg["enabled"]:
         return NullTracker()
-    try:
-        from .tracking.mlflow_tracker import MlflowTracker
-    except ImportError:  # tracking not available in this build
-        return NullTracker()
+    if tcfg["background"] and store.precheck(store.resolve_uri(tcfg.get("uri"))):
+        from .tracking.journal import JournalTracker
+
+        return JournalTracker.start(cfg, info, os.path.join(info["output_dir"], "tracking"), wait=tcfg["wait"])
+    from .tracking.mlflow_tracker import MlflowTracker
+
     return MlflowTracker.start(cfg, info)
 
 

@@ -45,6 +45,8 @@ class TrackingConfig:
     experiment: str = "cnnexp"
     log_artifacts: bool = True
     log_model: bool = True
+    background: bool = True  # log from a background process (sqlite and http stores)
+    wait: bool = False  # wait for the background logger before exiting
 
 
 @dataclass

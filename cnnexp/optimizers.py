@@ -59,16 +59,32 @@ class SGD(Optimizer):
         self.t += 1
         self.update(None, pf, gf)
 
+    #: values per piece of a flat update: ``lr * g`` of one piece is still in cache for the
+    #: subtract (measured on keras_mnist's 1.2M parameters: 0.54 ms against 0.87 ms for two
+    #: whole-array passes; the same values)
+    chunk = 1 << 16
+
     def update(self, key, p, g):
         if self.weight_decay:
             g = g + self.weight_decay * p
-        tmp = self._tmp
-        if tmp is None or tmp.shape != p.shape or tmp.dtype != p.dtype:
+        lr = p.dtype.type(self.lr)
+        if key is not None:  # one parameter array (a model without flat buffers)
             tmp = np.empty_like(p)
-            if key is None:  # keep the scratch array only for the flat update
-                self._tmp = tmp
-        np.multiply(g, p.dtype.type(self.lr), out=tmp, casting="unsafe")
-        p -= tmp
+            np.multiply(g, lr, out=tmp, casting="unsafe")
+            p -= tmp
+            return
+        size = min(p.size, self.chunk)
+        tmp = self._tmp
+        if tmp is None or tmp.size != size or tmp.dtype != p.dtype:
+            tmp = self._tmp = np.empty(size, p.dtype)
+        if size == p.size:  # one piece (the seed net: no per-piece overhead at batch 1)
+            np.multiply(g, lr, out=tmp, casting="unsafe")
+            p -= tmp
+            return
+        for s in range(0, p.size, size):  # p -= lr * g, piece by piece
+            t = tmp[:min(size, p.size - s)]
+            np.multiply(g[s:s + size], lr, out=t, casting="unsafe")
+            p[s:s + size] -= t
 
 
 @OPTIMIZERS.register("momentum")

@@ -9,8 +9,9 @@ layers are *run* fast; ``Model`` inherits it from ``FastPath``:
    ``conv2d [-> relu] -> maxpool2d`` run that tiles exactly replaced by one fused stage
    (``cnnexp.layers.fused``): ``ConvMaxPool`` (pooled row order), ``ConvMaxPoolT`` (batch as the
    innermost axis, one-channel convs), ``ConvPoolDenseT`` (``ConvMaxPoolT`` followed by
-   ``flatten -> dense``, read in that layout). Other layers run as themselves. The loss is fused
-   into the softmax (``Softmax.forward_loss``).
+   ``flatten -> dense``, read in that layout); every other ``conv2d -> relu`` pair by one
+   ``ConvReLU`` (ReLU in place on the conv's output buffer). Other layers run as themselves.
+   The loss is fused into the softmax (``Softmax.forward_loss``).
 2. **Raw images in**: when the first stage is a ``ConvMaxPoolT`` without padding, ``train_step``
    and inference hand it the raw uint8 chunk and it casts/normalises straight into its own
    transposed buffer (the same operations as ``Model.preprocess``, so the same values).
@@ -43,7 +44,7 @@ from .layers.activations import Dropout, ReLU
 from .layers.base import Layer
 from .layers.conv import Conv2D
 from .layers.dense import Dense, Flatten
-from .layers.fused import ConvMaxPool, ConvMaxPoolT, ConvPoolDenseT, can_fuse_conv_pool
+from .layers.fused import ConvMaxPool, ConvMaxPoolT, ConvPoolDenseT, ConvReLU, can_fuse_conv_pool, can_fuse_conv_relu
 
 
 _EXECUTOR = None
@@ -164,7 +165,7 @@ class FastPath:
             for st in self._plan:
                 if isinstance(st, ConvPoolDenseT):
                     plan.append(st.replica(reps[id(st.conv)], reps[id(st.flatten)], reps[id(st.dense)]))
-                elif isinstance(st, ConvMaxPool):
+                elif isinstance(st, (ConvMaxPool, ConvReLU)):
                     plan.append(st.replica(reps[id(st.conv)]))
                 else:
                     plan.append(reps[id(st)])
@@ -345,7 +346,8 @@ def _conv_pool_stage(conv, pool, relu=None) -> ConvMaxPool:
 
 def make_plan(layers: list[Layer]) -> list:
     """The stages the fast path runs: the layers, with every ``conv2d [-> relu] -> maxpool2d``
-    run that ``can_fuse_conv_pool`` accepts replaced by one ``ConvMaxPool``."""
+    run that ``can_fuse_conv_pool`` accepts replaced by one ``ConvMaxPool``, and every other
+    ``conv2d -> relu`` pair by one ``ConvReLU``."""
     plan, i = [], 0
     while i < len(layers):
         l = layers[i]
@@ -357,6 +359,9 @@ def make_plan(layers: list[Layer]) -> list:
         elif type(nxt) is ReLU and can_fuse_conv_pool(l, nxt2):
             plan.append(_conv_pool_stage(l, nxt2, relu=nxt))
             i += 3
+        elif can_fuse_conv_relu(l, nxt):
+            plan.append(ConvReLU(l, nxt))
+            i += 2
         else:
             plan.append(l)
             i += 1

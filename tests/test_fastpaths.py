@@ -9,8 +9,8 @@ and batch-1 Python paths), the two-thread batch split (gradients summed; dropout
 for the whole batch), chunked two-thread inference, flat parameter/gradient buffers and the
 flat SGD update; the batch-innermost stages' column-pieced conv product, raw uint8 images
 preprocessed by the first stage (bit-identical to ``Model.preprocess``), the permuted dense
-weights kept per inference call, and whole-batch softmax/loss in inference (identical for one
-and two threads).
+weights kept per inference call, whole-batch softmax/loss in inference (identical for one
+and two threads) and the ``conv2d -> relu`` stage with its output buffer and in-place ReLU.
 """
 
 from __future__ import annotations
@@ -113,13 +113,11 @@ def test_fused_ties_send_gradient_to_every_max():
             np.testing.assert_allclose(v, ref[k], rtol=1e-12, atol=1e-15, err_msg=k)
 
 
-@pytest.mark.parametrize("case", [dict(), dict(bias=True, relu=True, c=2), dict(padding="same", h=8, w=6, c=2)])
-def test_fused_stage_finite_differences(case):
-    """dL/dx and dL/dW of the fused stage alone, L = sum(stage(x) * R), in float64."""
-    m = model_with_bias_noise(conv_pool_spec(**case), seed=2)
+def check_first_stage_finite_differences(m, seed: int, what: str):
+    """dL/dx and dL/dW of model ``m``'s first plan stage alone, L = sum(stage(x) * R), in float64."""
     stage = m._plan[0]
     stage.conv.needs_input_grad = True
-    rng = np.random.default_rng(3)
+    rng = np.random.default_rng(seed)
     x = rng.uniform(-1, 1, (2,) + m.input_shape)
     y = stage.forward(x, True)
     R = rng.standard_normal(y.shape)
@@ -129,9 +127,14 @@ def test_fused_stage_finite_differences(case):
     def loss():
         return float(np.sum(stage.forward(x, True) * R))
 
-    assert_grad_close(dx, numeric_grad(loss, x), "fused d/dx")
+    assert_grad_close(dx, numeric_grad(loss, x), f"{what} d/dx")
     for k, p in stage.conv.params.items():
-        assert_grad_close(grads[k], numeric_grad(loss, p), f"fused d/d{k}")
+        assert_grad_close(grads[k], numeric_grad(loss, p), f"{what} d/d{k}")
+
+
+@pytest.mark.parametrize("case", [dict(), dict(bias=True, relu=True, c=2), dict(padding="same", h=8, w=6, c=2)])
+def test_fused_stage_finite_differences(case):
+    check_first_stage_finite_differences(model_with_bias_noise(conv_pool_spec(**case), seed=2), 3, "fused")
 
 
 def check_conv_backward_after_fused_forward(n: int, seed: int):
@@ -288,8 +291,38 @@ def test_params_and_grads_are_views_of_flat_buffers_and_sgd_uses_them():
 def test_make_plan_keeps_unfusable_layers_in_order():
     m = build_model(KERAS_SMALL, seed=0, dtype=F64)
     kinds = [type(s).__name__ for s in m._plan]
-    assert kinds == ["Conv2D", "ReLU", "ConvMaxPool", "Dropout", "Flatten", "Dense", "ReLU", "Dropout", "Dense"]
+    assert kinds == ["ConvReLU", "ConvMaxPool", "Dropout", "Flatten", "Dense", "ReLU", "Dropout", "Dense"]
     assert make_plan(m.layers[:1]) == [m.layers[0]]
+
+
+# -- conv2d -> relu without a pool (ConvReLU) -------------------------------------------------
+from cnnexp.layers.fused import ConvReLU  # noqa: E402
+
+CONV_RELU_SPEC = {"input_shape": [9, 8, 2], "layers": [
+    {"type": "conv2d", "filters": 3, "kernel_size": 3, "padding": "same"}, {"type": "relu"},
+    {"type": "conv2d", "filters": 4, "kernel_size": 2, "stride": 2}, {"type": "relu"},
+    {"type": "flatten"}, {"type": "dense", "units": 5}, {"type": "softmax"}]}
+
+
+@pytest.mark.parametrize("n", [1, 4])
+def test_conv_relu_stages_match_reference(n):
+    """Two ConvReLU stages (the second one needs its input gradient) against the layers."""
+    m = model_with_bias_noise(CONV_RELU_SPEC, seed=5)
+    assert [type(s) for s in m._plan[:2]] == [ConvReLU, ConvReLU]
+    rng = np.random.default_rng(9)
+    x = rng.uniform(-0.5, 0.5, (n,) + m.input_shape)
+    labels = rng.integers(0, 5, n)
+    ref = reference_grads(m, x, labels)
+    ref_p = m.forward(x)
+    for _ in range(2):  # the second call runs on the reused buffers
+        losses, probs = m.train_batch(x, labels)
+        np.testing.assert_allclose(probs, ref_p, rtol=1e-12, atol=1e-15)
+        for k, v in m.grads.items():
+            np.testing.assert_allclose(v, ref[k], rtol=1e-10, atol=1e-14, err_msg=k)
+
+
+def test_conv_relu_stage_finite_differences():
+    check_first_stage_finite_differences(model_with_bias_noise(CONV_RELU_SPEC, seed=6), 10, "conv-relu")
 
 
 # -- batch-innermost one-channel stages (ConvMaxPoolT, ConvPoolDenseT) ----------------------

@@ -11,7 +11,7 @@ import threading
 
 import pytest
 
-from tracking_helpers import TINY, all_runs, cli, client, env_for, stop
+from tracking_helpers import TINY, all_runs, cli, client, env_for, stop, wait_logged
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy")]
 
@@ -89,7 +89,7 @@ def test_parallel_joblib_sweeps_lose_no_runs(tmp_path):
     for parent in parents:
         kids = [r for r in children if r.data.tags["mlflow.parentRunId"] == parent.info.run_id]
         assert sorted(r.data.tags["sweep.job_num"] for r in kids) == ["0", "1", "2", "3"]
-        assert len({r.data.tags["cnnexp.pid"] for r in kids} | {parent.data.tags["cnnexp.pid"]}) >= 2
+        assert len({r.data.tags["cnnexp.job_pid"] for r in kids} | {parent.data.tags["cnnexp.pid"]}) >= 2
 
 
 def test_optuna_search_maximises_validation_accuracy(tmp_path):
@@ -137,6 +137,7 @@ def test_interrupted_sweep_ends_parent_and_jobs_killed(tmp_path, launcher, how):
     finally:
         timer.cancel()
         stop(p)
+    wait_logged(out)
     (parent,), children = parents_and_children(all_runs(client(out)))
     assert children and all(r.info.status == "KILLED" for r in children)
     assert parent.info.status == "KILLED" and "interrupted" in parent.data.tags["mlflow.note.content"]

@@ -18,7 +18,7 @@ import yaml
 
 from cnnexp.tracking.export import load_model_files
 from cnnexp.tracking.meta import flatten
-from tracking_helpers import all_runs, cli, client, env_for, free_port, server, stop
+from tracking_helpers import all_runs, cli, client, env_for, free_port, server, stop, wait_logged
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy")]
 ARGS = ["data=mnist_sample", "data.train_size=200", "data.val_size=50", "data.test_size=100", "epochs=2",
@@ -177,6 +177,7 @@ def test_terminated_run_ends_killed(tmp_path):
     finally:
         timer.cancel()
         stop(p)
+    wait_logged(out)
     (run,) = all_runs(client(out))
     assert run.info.status == "KILLED" and "interrupted" in run.data.tags["mlflow.note.content"]
 

@@ -28,12 +28,25 @@ def env_for(out: Path, **extra) -> dict:
     return env
 
 
-def cli(args, out: Path, timeout: float = 300, cwd: Path | None = None, **env) -> subprocess.CompletedProcess:
-    """``python -m cnnexp *args`` with its outputs (and MLflow store) in ``out``."""
+def cli(args, out: Path, timeout: float = 300, cwd: Path | None = None, wait: bool = True,
+        **env) -> subprocess.CompletedProcess:
+    """``python -m cnnexp *args`` with its outputs (and MLflow store) in ``out``; with ``wait``,
+    also wait until the background MLflow loggers under ``out`` are done."""
     cwd = cwd or out.parent
     cwd.mkdir(parents=True, exist_ok=True)
-    return subprocess.run([sys.executable, "-m", "cnnexp", *args], capture_output=True, text=True,
-                          env=env_for(out, **env), cwd=cwd, timeout=timeout)
+    p = subprocess.run([sys.executable, "-m", "cnnexp", *args], capture_output=True, text=True,
+                       env=env_for(out, **env), cwd=cwd, timeout=timeout)
+    if wait:
+        wait_logged(out)
+    return p
+
+
+def wait_logged(out: Path, timeout: float = 120) -> None:
+    """Wait until every background MLflow logger under ``out`` has finished."""
+    from cnnexp.tracking.journal import wait_for_agents
+
+    busy = wait_for_agents(out, timeout=timeout)
+    assert not busy, f"background loggers still working after {timeout} s: {busy}"
 
 
 def client(out: Path):

@@ -70,6 +70,13 @@ def thin_matmul_tn(a: np.ndarray, b: np.ndarray, out: np.ndarray, chunk: int = C
     return out
 
 
+def column_sums(a: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """``out[...] = a.sum(axis=0)`` for ``a`` (rows x F), as one matrix-vector product (a
+    bias gradient; measured ~6x faster than numpy's reduction over the long axis on
+    keras_mnist's 1152 x 64 pieces)."""
+    return np.matmul(np.ones(a.shape[0], a.dtype), a, out=out)
+
+
 @LAYERS.register("conv2d")
 class Conv2D(Layer):
     """Convolution with ``filters`` output channels.
@@ -212,7 +219,7 @@ class Conv2D(Layer):
         gW = self.grads["W"]
         thin_matmul_tn(cols, dy2, gW.reshape(-1, self.filters))
         if self.use_bias:
-            np.sum(dy2, axis=0, out=self.grads["b"])
+            column_sums(dy2, self.grads["b"])
 
     # -- layer interface ------------------------------------------------------------------
     def forward(self, x, training=False):

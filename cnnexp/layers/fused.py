@@ -35,7 +35,7 @@ from numpy.lib.stride_tricks import as_strided
 
 from .activations import ReLU
 from .base import Buffers
-from .conv import Conv2D, thin_matmul_tn
+from .conv import Conv2D, column_sums, thin_matmul_tn
 from .pool import MaxPool2D
 
 
@@ -49,6 +49,54 @@ def can_fuse_conv_pool(conv, pool) -> bool:
         return False
     oh, ow, _ = conv.output_shape
     return oh % pool.ph == 0 and ow % pool.pw == 0
+
+
+def can_fuse_conv_relu(conv, relu) -> bool:
+    """True when ``conv -> relu`` are the plain layers (no subclass changing the maths)."""
+    return isinstance(conv, Conv2D) and type(conv).forward is Conv2D.forward and type(relu) is ReLU
+
+
+class ConvReLU:
+    """One stage computing ``relu(conv(x))`` for a conv not followed by a tiled max-pool
+    (keras_mnist's first conv). The conv output goes into a buffer reused between calls and
+    the ReLU is applied in place; backward multiplies the gradient by ``output > 0`` (the same
+    mask as ``ReLU``: ``relu(y) > 0`` exactly where ``y > 0``) and runs the conv's own backward.
+    Input ``(N, H, W, C)``, output ``(N, OH, OW, F)``."""
+
+    def __init__(self, conv: Conv2D, relu: ReLU):
+        self.conv, self.relu = conv, relu
+        self.layers = [conv, relu]
+        self._bufs = Buffers()
+
+    def replica(self, conv_replica):
+        r = object.__new__(type(self))
+        r.__dict__.update(self.__dict__)
+        r.conv, r._bufs = conv_replica, Buffers()
+        r.layers = [conv_replica, self.relu]
+        return r
+
+    @property
+    def needs_input_grad(self) -> bool:
+        return self.conv.needs_input_grad
+
+    def forward(self, x, training=False):
+        conv = self.conv
+        x, conv._pad = conv._pad_input(x)
+        conv._xshape = x.shape
+        conv._cols, conv._cols_pool = conv.im2col(x), None
+        oh, ow, f = conv.output_shape
+        y = self._bufs.get("y", (len(x), oh, ow, f), x.dtype)
+        y2 = y.reshape(-1, f)
+        np.matmul(conv._cols, conv.params["W"].reshape(-1, f), out=y2)
+        if conv.use_bias:
+            y2 += conv.params["b"]
+        self._y = np.maximum(y, 0, out=y)
+        return y
+
+    def backward(self, dy):
+        y = self._y
+        pos = np.greater(y, 0, out=self._bufs.get("pos", y.shape, np.bool_))
+        return self.conv.backward(np.multiply(dy, pos, out=self._bufs.get("dy", y.shape, y.dtype)))
 
 
 class ConvMaxPool:
@@ -216,6 +264,7 @@ class ConvMaxPool:
         rows = oh * ow
         gW = conv.grads["W"].reshape(-1, f)
         gb = conv.grads["b"] if conv.use_bias else None
+        tmpb = self._bufs.get("gb", (f,), d.dtype)
         tmpW = self._bufs.get("gW", gW.shape, gW.dtype)
         dyn = self._bufs.get("dyn", (k, oh, ow, f), d.dtype)
         cols_buf = self._bufs.get("cols", (k * rows, gW.shape[0]), x.dtype)
@@ -236,9 +285,9 @@ class ConvMaxPool:
                 gW += tmpW
             if gb is not None:
                 if s == 0:
-                    np.sum(dy2, axis=0, out=gb)
+                    column_sums(dy2, gb)
                 else:
-                    gb += dy2.sum(axis=0)
+                    gb += column_sums(dy2, tmpb)
             if need_dx:
                 conv.input_grad_by_offsets(dyc, dx[s:e], tmp=tmp[:, :(e - s) * rows])
         return dx

@@ -6,6 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+INTERVAL_KEYS = {"train/loss", "train/acc"}  # logged every log_every images; every other metric once per epoch
+
 
 class Tracker:
     """Receives what a run produces. Every method may buffer; ``flush`` makes it durable."""
@@ -21,8 +23,6 @@ class Tracker:
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None: ...
 
     def log_text(self, text: str, artifact_file: str) -> None: ...
-
-    def log_model(self, model: Any, example: Any) -> None: ...
 
     def log_results(self, result: dict[str, Any]) -> None:
         """Log what only the finished run has (weights, model, plots). ``result`` is what

@@ -20,12 +20,11 @@ from typing import Any
 from .. import __version__
 from ..errors import TrackingError
 from ..paths import checkout_root, outputs_dir
-from .base import Tracker
+from .base import INTERVAL_KEYS, Tracker
 from .meta import (MAX_PARAM_VALUE, MAX_TAG_VALUE, PARENT_ENV, clip, first_line, flatten, git_commit,
                    run_name, scalar)
 
 logger = logging.getLogger("cnnexp")
-INTERVAL_KEYS = {"train/loss", "train/acc"}  # every other metric is logged once per epoch
 
 
 def sweep_id(sweep_dir: str | None) -> str | None:
@@ -54,6 +53,7 @@ def common_tags(info: dict) -> dict[str, str]:
 def run_tags(cfg: dict, info: dict) -> dict[str, str]:
     tags = common_tags(info)
     tags.update({"model.name": str(cfg["model"].get("name", "")), "data.name": str(cfg["data"]["name"]),
+                 "cnnexp.job_pid": str(info.get("job_pid") or os.getpid()),  # the training process
                  "hydra.output_dir": str(info.get("output_dir") or "")})
     if info.get("multirun"):
         tags.update({"sweep.id": sweep_id(info.get("sweep_dir")), "sweep.job_num": str(info.get("job_num"))})
@@ -71,6 +71,7 @@ class MlflowTracker(Tracker):
         self.uri, self.cfg, self.info = uri, cfg, info
         self.points: dict[str, list[tuple[int, float]]] = {}  # everything logged, for the curves
         self.seconds = 0.0  # time spent tracking
+        self.seconds_metric = "perf/tracking_seconds"  # the background logger reports its own time apart
         self._params: dict[str, str] = {}
         self._tags: dict[str, str] = {}
         self._metrics: list[tuple[str, float, int, int]] = []
@@ -122,7 +123,7 @@ class MlflowTracker(Tracker):
             self._tags["cnnexp.tracking_errors"] = clip("; ".join(self._errors), MAX_TAG_VALUE)
         self._log_job_log()
         self.seconds += time.perf_counter() - t0
-        self.log_metrics({"perf/tracking_seconds": self.seconds}, step=0)
+        self.log_metrics({self.seconds_metric: self.seconds}, step=0)
         self.flush()
         from .store import retry
 
@@ -148,6 +149,14 @@ class MlflowTracker(Tracker):
         if (len(self._metrics) >= self.FLUSH_POINTS or not set(metrics) <= INTERVAL_KEYS
                 or time.monotonic() - self._last_flush >= self.FLUSH_SECONDS):
             self.flush()
+
+    def log_points(self, points: list) -> None:
+        """Metric points ``[key, value, timestamp_ms, step]`` recorded elsewhere (the journal),
+        sent at once."""
+        for key, value, ts, step in points:
+            self._metrics.append((key, float(value), int(ts), int(step)))
+            self.points.setdefault(key, []).append((int(step), float(value)))
+        self.flush()
 
     def flush(self) -> None:
         """Send what is buffered, in batches within MLflow's limits. A failure is reported once
@@ -191,34 +200,36 @@ class MlflowTracker(Tracker):
 
         retry(self.client.log_text, self.run_id, text, artifact_file)
 
-    def log_model(self, model: Any, example: Any, class_names=None) -> None:
-        """``runs:/<id>/model``: a pyfunc model built from the weights and spec files."""
-        from .export import model_spec, save_model_files
-        from .pyfunc import log_pyfunc
-
-        with tempfile.TemporaryDirectory(prefix="cnnexp-model-") as tmp:
-            spec = model_spec(model, class_names, self.cfg.get("plugins"))
-            weights, spec_path = save_model_files(model, spec, tmp)
-            log_pyfunc(self.run_id, self.experiment_id, weights, spec_path, example, str(model.dtype),
-                       model.output_shape[0])
-
     def log_results(self, result: dict[str, Any]) -> None:
         """Weights + spec, model summary, plots and the pyfunc model of a finished run."""
-        t0 = time.perf_counter()
-        from .artifacts import write_artifacts
+        from .artifacts import prepare_results
 
+        t0 = time.perf_counter()
+        with tempfile.TemporaryDirectory(prefix="cnnexp-results-") as tmp:
+            self._errors += prepare_results(result, self.cfg, Path(tmp))
+            self.seconds += time.perf_counter() - t0
+            self.log_result_folder(Path(tmp))
+
+    def log_result_folder(self, folder: Path) -> None:
+        """Log what ``artifacts.prepare_results`` wrote into ``folder``: draw the plots, upload
+        ``folder/artifacts``, log ``runs:/<id>/model``. A failing step is recorded, not raised."""
+        from .artifacts import example_input, model_info, render_plots
+
+        t0 = time.perf_counter()
         tcfg = self.cfg.get("tracking") or {}
         if tcfg.get("log_artifacts", True):
-            def write_and_log():
-                with tempfile.TemporaryDirectory(prefix="cnnexp-artifacts-") as tmp:
-                    self._errors += write_artifacts(result, self.cfg, self.points, Path(tmp))
-                    self.client.log_artifacts(self.run_id, tmp)
+            def draw_and_log():
+                self._errors += render_plots(folder, self.points)
+                self.client.log_artifacts(self.run_id, str(folder / "artifacts"))
 
-            self._guard("artifacts", write_and_log)
-        if tcfg.get("log_model", True):
-            x = result["splits"].test[0]
-            example = x[:2] if len(x) else result["splits"].train[0][:2]
-            self._guard("model", self.log_model, result["model"], example, result["dataset"].class_names)
+            self._guard("artifacts", draw_and_log)
+        weights = folder / "artifacts" / "weights"
+        if tcfg.get("log_model", True) and (weights / "weights.npz").is_file():
+            from .pyfunc import log_pyfunc
+
+            info = model_info(folder)
+            self._guard("model", log_pyfunc, self.run_id, self.experiment_id, weights / "weights.npz",
+                        weights / "model_spec.json", example_input(folder), info["dtype"], info["num_classes"])
         self.seconds += time.perf_counter() - t0
 
     def _guard(self, what: str, fn, *args) -> None:

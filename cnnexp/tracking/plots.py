@@ -81,30 +81,29 @@ def mosaic(tiles: np.ndarray, cols: int, pad: int = 2, fill: float = np.nan) -> 
 
 
 def save_misclassified(images: np.ndarray, y_true: np.ndarray, probs: np.ndarray, names: list[str],
-                       path: Path, limit: int = 36) -> int:
-    """A grid of the first ``limit`` misclassified test images, each labelled
-    "true>predicted p". Returns how many test images were misclassified."""
+                       path: Path, n_wrong: int, n_total: int) -> None:
+    """A grid of misclassified test images, each labelled "true>predicted p": ``images``
+    ``(k, h, w[, 1])`` are the ones shown, ``y_true`` ``(k,)`` and ``probs`` ``(k, classes)``
+    theirs; the title says ``n_wrong`` of ``n_total`` were misclassified."""
     pred = probs.argmax(axis=1)
-    wrong = np.flatnonzero(pred != y_true)
-    shown = wrong[:limit]
+    shown = len(images)
     cols = 6
-    tiles = np.asarray(images)[shown].astype(float).reshape(len(shown), *np.shape(images)[1:3])
-    h, w = tiles.shape[1:] if len(shown) else (28, 28)
+    tiles = np.asarray(images).astype(float).reshape(shown, *np.shape(images)[1:3])
+    h, w = tiles.shape[1:] if shown else (28, 28)
     pad = max(2, h // 2)  # room for the label above each image
-    grid = mosaic(tiles, cols, pad=pad) if len(shown) else np.full((h, w), np.nan)
-    fig = _figure(1.5 * cols, 0.6 + 1.5 * max(1, -(-len(shown) // cols)))
+    grid = mosaic(tiles, cols, pad=pad) if shown else np.full((h, w), np.nan)
+    fig = _figure(1.5 * cols, 0.6 + 1.5 * max(1, -(-shown // cols)))
     ax = fig.add_subplot()
     ax.imshow(grid, cmap="gray")
-    for k, i in enumerate(shown):
+    for k in range(shown):
         r, c = divmod(k, cols)
-        ax.text(pad + c * (w + pad), pad + r * (h + pad) - 1, f"{names[y_true[i]]}>{names[pred[i]]} "
-                f"{probs[i, pred[i]]:.2f}", fontsize=7, color="darkred", va="bottom")
+        ax.text(pad + c * (w + pad), pad + r * (h + pad) - 1, f"{names[y_true[k]]}>{names[pred[k]]} "
+                f"{probs[k, pred[k]]:.2f}", fontsize=7, color="darkred", va="bottom")
     ax.axis("off")
-    more = f" (first {len(shown)}; label: true>predicted probability)" if len(wrong) > len(shown) else \
+    more = f" (first {shown}; label: true>predicted probability)" if n_wrong > shown else \
         " (label: true>predicted probability)"
-    ax.set_title(f"{len(wrong)} of {len(y_true)} test images misclassified" + more, fontsize=9)
+    ax.set_title(f"{n_wrong} of {n_total} test images misclassified" + more, fontsize=9)
     fig.savefig(path)
-    return len(wrong)
 
 
 def save_filters(w: np.ndarray, path: Path, title: str, limit: int = 64) -> None:

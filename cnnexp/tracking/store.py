@@ -102,12 +102,38 @@ def ensure_store(uri: str) -> None:
                 logger.info(f"Creating the MLflow store {db}")
                 SqlAlchemyStore(uri, artifact_root().as_uri())
     elif is_http(uri):
+        check_server(uri)
+
+
+def check_server(uri: str) -> None:
+    """An MLflow server answers ``/health`` at ``uri`` (milliseconds; no MLflow import)."""
+    try:
+        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=10).close()
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        raise TrackingError(f"cannot reach the MLflow server at {uri} ({reason}); start it, or unset "
+                            f"tracking.uri / {ENV_URI} to use the local store") from None
+
+
+def precheck(uri: str) -> bool:
+    """Check cheaply, without importing MLflow, that a store at ``uri`` can be used: the SQLite
+    file's folder is writable, or the server answers. False for schemes it cannot check
+    (their runs are logged in-process, where MLflow reports the problem before training)."""
+    db = sqlite_path(uri)
+    if db is not None:
         try:
-            urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=10).close()
-        except (urllib.error.URLError, OSError) as e:
-            reason = getattr(e, "reason", e)
-            raise TrackingError(f"cannot reach the MLflow server at {uri} ({reason}); start it, or unset "
-                                f"tracking.uri / {ENV_URI} to use the local store") from None
+            db.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise TrackingError(f"cannot create the folder of the MLflow store {db} ({e.strerror}); "
+                                f"set tracking.uri to a writable sqlite:/// path") from None
+        if not os.access(db.parent, os.W_OK) or (db.exists() and not os.access(db, os.W_OK)):
+            raise TrackingError(f"the MLflow store {db} is not writable; set tracking.uri to a writable "
+                                f"sqlite:/// path") from None
+        return True
+    if is_http(uri):
+        check_server(uri)
+        return True
+    return False
 
 
 def client(uri: str):
@@ -159,13 +185,13 @@ def reap_stale_runs(client, exp_id: str, host: str) -> None:
         return
     for r in runs:
         pid = r.data.tags.get("cnnexp.pid", "")
-        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+        if pid.isdigit() and int(pid) != os.getpid() and not alive(int(pid)):
             note = f"process {pid} on {host} ended without ending this run (killed?); marked KILLED later"
             retry(client.set_tag, r.info.run_id, "mlflow.note.content", note)
             retry(client.set_terminated, r.info.run_id, "KILLED")
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -15,8 +15,9 @@ logger = logging.getLogger("cnnexp")
 
 
 class SweepRun:
-    def __init__(self, client, run_id: str, exp_id: str, uri: str):
+    def __init__(self, client, run_id: str, exp_id: str, uri: str, folder: str | None = None):
         self.client, self.run_id, self.exp_id, self.uri = client, run_id, exp_id, uri
+        self.folder = folder  # the sweep's directory: its jobs' background loggers write under it
         self.done = False
         self.failed: list[str] = []  # overrides of the jobs that ended FAILED
 
@@ -42,7 +43,7 @@ class SweepRun:
         except Exception as e:
             raise TrackingError(f"cannot start the sweep's MLflow run in {uri}: {first_line(e)}") from e
         logger.info(f"MLflow sweep run {run.info.run_id} ({name}) in experiment '{experiment}' at {uri}")
-        return cls(client, run.info.run_id, exp_id, uri)
+        return cls(client, run.info.run_id, exp_id, uri, info.get("sweep_dir"))
 
     def end(self, status: str | None = None, note: str | None = None) -> None:
         """Summarise the jobs and end the run: ``status`` None means the sweep completed
@@ -51,8 +52,11 @@ class SweepRun:
             return
         self.done = True
         from .. import runs
+        from .journal import wait_for_agents
         from .store import retry
 
+        if self.folder:  # the jobs' runs are complete once their background loggers are done
+            wait_for_agents(self.folder)
         try:
             kids = runs.children(self.client, self.exp_id, self.run_id)
             if status is not None and self._end_running(kids, note or "the sweep was interrupted"):
