@@ -126,12 +126,12 @@ def test_spawned_logger_ends_a_journal_without_finish_killed(tmp_path, monkeypat
     lines = (src / journal.JOURNAL).read_text().splitlines()
     (folder / journal.JOURNAL).write_text("\n".join(lines[:-1]) + "\n")  # no finish event
     monkeypatch.setenv("CNNEXP_OUTPUTS", str(out))
-    pid, pipe = journal.spawn_agent(folder)
+    launcher = journal.spawn_agent(folder)
     assert journal.pending(folder)
-    pipe.close()  # as when the training process is SIGKILLed
+    launcher.stdin.close()  # as when the training process is SIGKILLed
     assert not journal.wait_for_agents(folder.parent, timeout=120)
     state = journal.read_status(folder)
-    assert state["state"] == "done" and state["pid"] == pid
+    assert state["state"] == "done" and state["pid"] == int((folder / journal.PID).read_text()) != launcher.pid
     run = client(out).get_run(state["run_id"])
     assert run.info.status == "KILLED" and "ended without ending the run" in run.data.tags["mlflow.note.content"]
     shutil.rmtree(tmp_path / "cut")

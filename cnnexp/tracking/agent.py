@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import threading
 import time
@@ -25,6 +26,7 @@ from .journal import FINAL_STATES, JOURNAL, read_status, write_status
 from .meta import first_line
 
 logger = logging.getLogger("cnnexp")
+NICE = 10
 
 
 def events(path: Path, writer_gone: threading.Event, poll: float = 0.1) -> Iterator[dict]:
@@ -139,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cnnexp: error: a logger (pid {state.get('pid')}) is working on {folder} "
               f"(state {state.get('state')})", file=sys.stderr)
         return 2
+    if args.follow:
+        os.nice(NICE)  # a background job: training comes first when both want a core
     return replay(folder, args.follow)
 
 if __name__ == "__main__":

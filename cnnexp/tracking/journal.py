@@ -29,7 +29,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from ..errors import TrackingError
 from .base import INTERVAL_KEYS, Tracker
@@ -37,6 +37,7 @@ from .store import alive
 
 logger = logging.getLogger("cnnexp")
 JOURNAL, STATUS, PID, LOG, RESULT = "journal.jsonl", "agent.json", "agent.pid", "agent.log", "result"
+LAUNCHER_PID = "launcher.pid"
 FINAL_STATES = ("done", "failed")
 
 
@@ -53,8 +54,7 @@ class JournalTracker(Tracker):
         self._metrics: list[list] = []
         self._last_flush = time.monotonic()
         self._done = False
-        self.agent_pid: int | None = None
-        self._pipe: IO[bytes] | None = None  # the logger's stdin
+        self._launcher: subprocess.Popen | None = None  # holds the logger's stdin pipe
         self.seconds = 0.0  # time this process spent tracking
         self.errors: list[str] = []
 
@@ -65,8 +65,8 @@ class JournalTracker(Tracker):
         self = cls(folder, cfg, wait)
         self._write({"event": "start", "cfg": cfg, "info": {**info, "job_pid": os.getpid()}, "pid": os.getpid(),
                      "time": time.time()})
-        self.agent_pid, self._pipe = spawn_agent(self.folder)
-        logger.info(f"MLflow: logging in the background (pid {self.agent_pid}, log {self.folder / LOG})")
+        self._launcher = spawn_agent(self.folder)
+        logger.info(f"MLflow: logging in the background (log {self.folder / LOG})")
         self.seconds += time.perf_counter() - t0
         return self
 
@@ -128,8 +128,9 @@ class JournalTracker(Tracker):
         self.seconds += time.perf_counter() - t0
         self._write({"event": "finish", "status": status, "error": error, "seconds": self.seconds})
         self._file.close()
-        if self._pipe is not None:
-            self._pipe.close()  # the logger sees the training process is done
+        if self._launcher is not None:
+            self._launcher.stdin.close()  # the logger sees the training process is done
+            self._launcher.poll()  # (reap the launcher, long gone by now)
         if self.wait:
             self.wait_for_agent()
         else:
@@ -150,32 +151,37 @@ class JournalTracker(Tracker):
         return state
 
 
-# Starts the logger and prints its pid. The logger is thus nobody's child: joblib's loky
-# kills a worker's whole process tree when a sweep is interrupted, and it must survive that.
-_LAUNCH = ("import subprocess, sys\n"
-           "with open(sys.argv[1], 'ab') as log:\n"
-           "    p = subprocess.Popen(sys.argv[2:], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)\n"
-           "print(p.pid)")
+# Starts the logger, writes its pid to agent.pid and exits: the logger is thus nobody's child
+# (joblib's loky kills a worker's whole process tree when a sweep is interrupted; the logger
+# must survive that). Run with -S: it needs nothing beyond the standard library.
+_LAUNCH = """import os, subprocess, sys
+log, pid_file, cmd = sys.argv[1], sys.argv[2], sys.argv[3:]
+with open(log, "ab") as f:
+    p = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+with open(pid_file + ".tmp", "w") as f:
+    f.write(str(p.pid))
+os.replace(pid_file + ".tmp", pid_file)
+"""
 
 
-def spawn_agent(folder: Path) -> tuple[int, IO[bytes]]:
+def spawn_agent(folder: Path) -> subprocess.Popen:
     """Start ``python -m cnnexp.tracking.agent --follow <folder>`` in its own session (a Ctrl-C
     in the terminal reaches the training process only, which then ends the run KILLED through
-    the journal), through a launcher that exits at once. Returns the logger's pid and the
-    write end of its stdin pipe: closing it (or dying) tells the logger this process is done.
-    Its output goes to ``agent.log``."""
-    cmd = [sys.executable, "-c", _LAUNCH, str(folder / LOG),
+    the journal), through a launcher that exits at once; nothing waits for either. Returns the
+    launcher: the write end of its stdin pipe, which the logger inherits, is the logger's sign
+    of life from this process (closed at ``finish``, or by the kernel if this process dies).
+    The logger's output goes to ``agent.log``."""
+    cmd = [sys.executable, "-S", "-c", _LAUNCH, str(folder / LOG), str(folder / PID),
            sys.executable, "-m", "cnnexp.tracking.agent", "--follow", str(folder)]
     try:
-        launcher = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True,
-                                    start_new_session=True)  # a Ctrl-C meant for training does not reach it
-        out, _ = launcher.stdout.read(), launcher.wait()
-        pid = int(out.strip())
-    except (OSError, ValueError) as e:
+        with open(folder / LOG, "ab") as log:
+            launcher = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT,
+                                        close_fds=True, start_new_session=True)  # no Ctrl-C meant for training
+    except OSError as e:
         raise TrackingError(f"cannot start the background MLflow logger ({e}); "
                             f"set tracking.background=false to log from this process") from None
-    (folder / PID).write_text(str(pid))
-    return pid, launcher.stdin
+    (folder / LAUNCHER_PID).write_text(str(launcher.pid))
+    return launcher
 
 
 def read_status(folder: Path) -> dict:
@@ -194,16 +200,23 @@ def write_status(folder: Path, **state) -> None:
 
 
 def pending(folder: Path) -> bool:
-    """Is the logger of this run folder still working (started, not finished, not dead)?"""
+    """Is the logger of this run folder still working (or still being started)?"""
+    folder = Path(folder)
     if read_status(folder).get("state") in FINAL_STATES:
         return False
-    try:
-        pid = int((Path(folder) / PID).read_text())
-    except (OSError, ValueError):
-        return False
+    for name in (PID, LAUNCHER_PID):  # the logger's pid, once the launcher has written it
+        try:
+            return working(int((folder / name).read_text()))
+        except (OSError, ValueError):
+            continue
+    return False
+
+
+def working(pid: int) -> bool:
+    """The process exists and is not a zombie (exited, not yet reaped by its parent)."""
     if not alive(pid):
         return False
-    try:  # a zombie (exited, not yet reaped by its parent) is not working either
+    try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     except (OSError, IndexError):
         return True
