@@ -34,6 +34,7 @@ Every piece is checked against the layer-by-layer path, and by float64 finite di
 from __future__ import annotations
 
 import os
+import sys
 import threading
 from contextlib import contextmanager
 
@@ -81,6 +82,24 @@ def blas_threads(n: int = 1):
         for lib, o in zip(libs, old):
             if o != n:
                 lib.set_num_threads(o)
+
+
+#: Python's thread switch interval while both threads work on one batch. The default 5 ms
+#: lets a thread that is between numpy kernels keep the GIL while the other waits to start
+#: its next kernel; 0.1 ms, measured side by side (3 alternating rounds): keras_mnist
+#: training at batch 32 +28%, seed inference at batch 1000 +16%, seed batch 128 unchanged.
+SPLIT_SWITCH_INTERVAL = 1e-4
+
+
+@contextmanager
+def fine_switching():
+    """Run the block with ``sys.setswitchinterval(SPLIT_SWITCH_INTERVAL)``, then restore it."""
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(SPLIT_SWITCH_INTERVAL)
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(old)
 
 
 def _executor():
@@ -226,9 +245,10 @@ class FastPath:
             if l.rate:
                 mask = l.draw_mask((n,) + l.input_shape, self.dtype if raw else x.dtype)
                 l.preset_mask, r.preset_mask = mask[:h], mask[h:]
-        fut = _executor().submit(self._train_part, plan2, loss2, x[h:], labels[h:], n, pre)
-        a = self._train_part(self._plan, self.loss_layer, x[:h], labels[:h], n, pre)
-        b = fut.result()
+        with fine_switching():
+            fut = _executor().submit(self._train_part, plan2, loss2, x[h:], labels[h:], n, pre)
+            a = self._train_part(self._plan, self.loss_layer, x[:h], labels[:h], n, pre)
+            b = fut.result()
         if self._grads.flat is not None and rgrads.flat is not None:
             # the replica's layers may have stored new arrays (user layers): sync them first
             for d, k, gv in rslots:
@@ -305,9 +325,10 @@ class FastPath:
             plan2 = self._get_replica()[0]
             nchunks = -(-n // step)
             h = min(n, ((nchunks + 1) // 2) * step)
-            fut = _executor().submit(self._infer_part, plan2, images, logits, h, n, step)
-            self._infer_part(self._plan, images, logits, 0, h, step)
-            fut.result()
+            with fine_switching():
+                fut = _executor().submit(self._infer_part, plan2, images, logits, h, n, step)
+                self._infer_part(self._plan, images, logits, 0, h, step)
+                fut.result()
         else:
             self._infer_part(self._plan, images, logits, 0, n, step)
         if self.loss_layer is None:
