@@ -15,6 +15,8 @@ and two threads) and the ``conv2d -> relu`` stage with its output buffer and in-
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 
@@ -209,6 +211,23 @@ def test_two_thread_split_matches_one_thread(spec):
         np.testing.assert_allclose(b[i], a[i], rtol=1e-12, atol=1e-15)
     for k in a[3]:
         np.testing.assert_allclose(b[3][k], a[3][k], rtol=1e-10, atol=1e-14, err_msg=k)
+
+
+def test_split_switches_threads_finely_and_restores_the_interval(monkeypatch):
+    """A split batch runs with SPLIT_SWITCH_INTERVAL; the process's own interval comes back."""
+    from cnnexp import plan
+
+    seen = []
+    real = plan.FastPath._train_part
+    monkeypatch.setattr(plan.FastPath, "_train_part",
+                        staticmethod(lambda *a: (seen.append(sys.getswitchinterval()), real(*a))[1]))
+    before = sys.getswitchinterval()
+    m = model_with_bias_noise(SEED_SMALL, seed=1)
+    m.threads, m.split_min_batch = 2, 4
+    rng = np.random.default_rng(0)
+    m.train_batch(rng.uniform(-0.5, 0.5, (8, 12, 12, 1)), rng.integers(0, 10, 8))
+    assert seen == pytest.approx([plan.SPLIT_SWITCH_INTERVAL] * 2)  # (stored in microseconds)
+    assert sys.getswitchinterval() == before and before != pytest.approx(plan.SPLIT_SWITCH_INTERVAL)
 
 
 def test_split_model_gradients_pass_finite_differences():
