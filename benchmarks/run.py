@@ -1,6 +1,6 @@
 """cnnexp's benchmark suite (run by hand; never a timed unit test).
 
-    python benchmarks/run.py              # full run (~10-15 min), writes RESULTS.md too
+    python benchmarks/run.py              # full run (~17 min), writes RESULTS.md too
     python benchmarks/run.py --quick      # a fast smoke run (short timings, no 60k epochs)
     python benchmarks/run.py --out f.json # JSON somewhere else (default benchmarks/results/latest.json)
 
