@@ -135,3 +135,14 @@ def test_spawned_logger_ends_a_journal_without_finish_killed(tmp_path, monkeypat
     run = client(out).get_run(state["run_id"])
     assert run.info.status == "KILLED" and "ended without ending the run" in run.data.tags["mlflow.note.content"]
     shutil.rmtree(tmp_path / "cut")
+
+
+def test_a_store_that_cannot_be_created_fails_before_training_in_one_line(tmp_path):
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file where the store's folder should be")
+    p = cli([*TINY, f"tracking.uri=sqlite:///{blocker}/mlflow.db"], tmp_path / "outputs", wait=False)
+    assert p.returncode == 4
+    lines = [line for line in p.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("cnnexp: error: cannot create the folder of the MLflow store")
+    assert str(blocker) in lines[0] and "sqlite:///" in lines[0] and "Traceback" not in p.stderr
+    assert "--- Epoch 1 ---" not in p.stdout and journal.journals(tmp_path) == []

@@ -59,6 +59,20 @@ def reference_grads(model, x, labels):
     return {k: v.copy() for k, v in model.grads.items()}
 
 
+def check_against_reference(m, x, labels, calls: int = 1, losses: bool = False):
+    """``train_batch`` gives the layer-by-layer path's probabilities (and, with ``losses``,
+    per-sample losses) and gradients; ``calls`` > 1 repeats it on the reused buffers."""
+    ref = reference_grads(m, x, labels)
+    ref_p = m.forward(x)
+    for _ in range(calls):
+        got_losses, probs = m.train_batch(x, labels)
+        np.testing.assert_allclose(probs, ref_p, rtol=1e-12, atol=1e-15)
+        if losses:
+            np.testing.assert_allclose(got_losses, -np.log(ref_p[np.arange(len(x)), labels]), rtol=1e-10)
+        for k, v in m.grads.items():
+            np.testing.assert_allclose(v, ref[k], rtol=1e-10, atol=1e-14, err_msg=k)
+
+
 CASES = [
     dict(),                                   # the seed net's shape: conv (no bias) -> pool
     dict(c=3),                                # several channels: strided-copy unrolling
@@ -94,13 +108,7 @@ def test_fused_train_batch_matches_reference(case, n):
     rng = np.random.default_rng(1)
     x = rng.uniform(-0.5, 0.5, (n,) + m.input_shape)
     labels = rng.integers(0, 5, n)
-    ref = reference_grads(m, x, labels)
-    ref_p = m.forward(x)
-    losses, probs = m.train_batch(x, labels)
-    np.testing.assert_allclose(probs, ref_p, rtol=1e-12, atol=1e-15)
-    np.testing.assert_allclose(losses, -np.log(ref_p[np.arange(n), labels]), rtol=1e-10)
-    for k, v in m.grads.items():
-        np.testing.assert_allclose(v, ref[k], rtol=1e-10, atol=1e-14, err_msg=k)
+    check_against_reference(m, x, labels, losses=True)
 
 
 def test_fused_ties_send_gradient_to_every_max():
@@ -331,13 +339,7 @@ def test_conv_relu_stages_match_reference(n):
     rng = np.random.default_rng(9)
     x = rng.uniform(-0.5, 0.5, (n,) + m.input_shape)
     labels = rng.integers(0, 5, n)
-    ref = reference_grads(m, x, labels)
-    ref_p = m.forward(x)
-    for _ in range(2):  # the second call runs on the reused buffers
-        losses, probs = m.train_batch(x, labels)
-        np.testing.assert_allclose(probs, ref_p, rtol=1e-12, atol=1e-15)
-        for k, v in m.grads.items():
-            np.testing.assert_allclose(v, ref[k], rtol=1e-10, atol=1e-14, err_msg=k)
+    check_against_reference(m, x, labels, calls=2)  # the second call runs on the reused buffers
 
 
 def test_conv_relu_stage_finite_differences():
@@ -372,14 +374,8 @@ def test_batch_innermost_train_batch_matches_reference(case, n):
     rng = np.random.default_rng(21)
     x = rng.uniform(-0.5, 0.5, (n,) + m.input_shape)
     labels = rng.integers(0, 5, n)
-    ref = reference_grads(m, x, labels)
-    ref_p = m.forward(x)
-    losses, probs = m.train_batch(x, labels)
+    check_against_reference(m, x, labels, losses=True)
     assert m._plan[0]._transposed == (n >= ConvMaxPoolT.min_batch)
-    np.testing.assert_allclose(probs, ref_p, rtol=1e-12, atol=1e-15)
-    np.testing.assert_allclose(losses, -np.log(ref_p[np.arange(n), labels]), rtol=1e-10)
-    for k, v in m.grads.items():
-        np.testing.assert_allclose(v, ref[k], rtol=1e-10, atol=1e-14, err_msg=k)
 
 
 def test_batch_innermost_ties_send_gradient_to_every_max():
@@ -495,14 +491,8 @@ def test_chunked_conv_pool_matches_reference(case, nbytes, monkeypatch):
     n = 5
     x = rng.uniform(-0.5, 0.5, (n,) + m.input_shape)
     labels = rng.integers(0, 5, n)
-    ref = reference_grads(m, x, labels)
-    ref_p = m.forward(x)
-    losses, probs = m.train_batch(x, labels)
-    stage = next(s for s in m._plan if type(s) is ConvMaxPool)
-    assert stage._chunk < n
-    np.testing.assert_allclose(probs, ref_p, rtol=1e-12, atol=1e-15)
-    for k, v in m.grads.items():
-        np.testing.assert_allclose(v, ref[k], rtol=1e-10, atol=1e-14, err_msg=k)
+    check_against_reference(m, x, labels)
+    assert next(s for s in m._plan if type(s) is ConvMaxPool)._chunk < n
 
 
 def test_chunked_conv_pool_ties(monkeypatch):

@@ -69,11 +69,11 @@ def apply(tracker, event: dict) -> None:
     elif kind == "metrics":
         tracker.log_points(event["metrics"])
     elif kind == "artifact":
-        tracker._guard(f"artifact {event['path']}", tracker.log_artifact, event["path"], event["artifact_path"])
+        tracker.guard(f"artifact {event['path']}", tracker.log_artifact, event["path"], event["artifact_path"])
     elif kind == "text":
-        tracker._guard(f"text {event['artifact_file']}", tracker.log_text, event["text"], event["artifact_file"])
+        tracker.guard(f"text {event['artifact_file']}", tracker.log_text, event["text"], event["artifact_file"])
     elif kind == "results":
-        tracker._errors += event.get("errors") or []
+        tracker.errors += event.get("errors") or []
         tracker.log_result_folder(Path(event["folder"]))
     else:
         raise TrackingError(f"unknown journal event {kind!r}")

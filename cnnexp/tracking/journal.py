@@ -230,16 +230,17 @@ def journals(root: str | Path) -> list[Path]:
 def wait_for_agents(root: str | Path, timeout: float = 120.0) -> list[Path]:
     """Wait (bounded) until every background logger under ``root`` has finished. Returns the
     folders whose logger is still working at the timeout."""
-    deadline = time.monotonic() + timeout
+    t0 = time.monotonic()
     said = False
     while True:
         busy = [f for f in journals(root) if pending(f)]
-        if not busy or time.monotonic() > deadline:
+        waited = time.monotonic() - t0
+        if not busy or waited > timeout:
             if busy:
                 logger.warning(f"cnnexp: {len(busy)} background MLflow logger(s) still working after "
                                f"{timeout:.0f} s: " + ", ".join(map(str, busy)))
             return busy
-        if not said and time.monotonic() > deadline - timeout + 2:
+        if not said and waited > 2:
             logger.info(f"Waiting for {len(busy)} background MLflow logger(s) to finish")
             said = True
         time.sleep(0.1)

@@ -78,7 +78,7 @@ class MlflowTracker(Tracker):
         self._last_flush = time.monotonic()
         self._warned = False
         self._done = False
-        self._errors: list[str] = []
+        self.errors: list[str] = []
 
     # -- lifecycle ------------------------------------------------------------------------
     @classmethod
@@ -119,8 +119,8 @@ class MlflowTracker(Tracker):
         if error:
             self._tags["mlflow.note.content"] = clip(error, MAX_TAG_VALUE)
             self._tags["error"] = clip(error.strip().splitlines()[0] if error.strip() else error, 500)
-        if self._errors:
-            self._tags["cnnexp.tracking_errors"] = clip("; ".join(self._errors), MAX_TAG_VALUE)
+        if self.errors:
+            self._tags["cnnexp.tracking_errors"] = clip("; ".join(self.errors), MAX_TAG_VALUE)
         self._log_job_log()
         self.seconds += time.perf_counter() - t0
         self.log_metrics({self.seconds_metric: self.seconds}, step=0)
@@ -206,7 +206,7 @@ class MlflowTracker(Tracker):
 
         t0 = time.perf_counter()
         with tempfile.TemporaryDirectory(prefix="cnnexp-results-") as tmp:
-            self._errors += prepare_results(result, self.cfg, Path(tmp))
+            self.errors += prepare_results(result, self.cfg, Path(tmp))
             self.seconds += time.perf_counter() - t0
             self.log_result_folder(Path(tmp))
 
@@ -219,20 +219,20 @@ class MlflowTracker(Tracker):
         tcfg = self.cfg.get("tracking") or {}
         if tcfg.get("log_artifacts", True):
             def draw_and_log():
-                self._errors += render_plots(folder, self.points)
+                self.errors += render_plots(folder, self.points)
                 self.client.log_artifacts(self.run_id, str(folder / "artifacts"))
 
-            self._guard("artifacts", draw_and_log)
+            self.guard("artifacts", draw_and_log)
         weights = folder / "artifacts" / "weights"
         if tcfg.get("log_model", True) and (weights / "weights.npz").is_file():
             from .pyfunc import log_pyfunc
 
             info = model_info(folder)
-            self._guard("model", log_pyfunc, self.run_id, self.experiment_id, weights / "weights.npz",
+            self.guard("model", log_pyfunc, self.run_id, self.experiment_id, weights / "weights.npz",
                         weights / "model_spec.json", example_input(folder), info["dtype"], info["num_classes"])
         self.seconds += time.perf_counter() - t0
 
-    def _guard(self, what: str, fn, *args) -> None:
+    def guard(self, what: str, fn, *args) -> None:
         """Run one logging step; a failure is reported and recorded on the run, not raised."""
         from .store import retry
 
@@ -240,16 +240,16 @@ class MlflowTracker(Tracker):
             retry(fn, *args)
         except Exception as e:  # noqa: BLE001
             logger.warning(f"cnnexp: could not log the {what}: {first_line(e)}")
-            self._errors.append(f"{what}: {first_line(e)}")
+            self.errors.append(f"{what}: {first_line(e)}")
 
     def _log_config(self) -> None:
         """The resolved config and Hydra's ``.hydra/`` files, at the start: failed runs keep them."""
         from omegaconf import OmegaConf
 
-        self._guard("config", self.client.log_text, self.run_id, OmegaConf.to_yaml(self.cfg), "config.yaml")
+        self.guard("config", self.client.log_text, self.run_id, OmegaConf.to_yaml(self.cfg), "config.yaml")
         hydra_dir = Path(self.info.get("output_dir") or "") / ".hydra"
         if self.info.get("output_dir") and hydra_dir.is_dir():
-            self._guard("hydra files", self.client.log_artifacts, self.run_id, str(hydra_dir), "hydra")
+            self.guard("hydra files", self.client.log_artifacts, self.run_id, str(hydra_dir), "hydra")
 
     def _log_job_log(self) -> None:
         """The job's log file (the console output, timestamped), as far as it goes."""
@@ -258,4 +258,4 @@ class MlflowTracker(Tracker):
         if out and job and path.is_file():
             for h in logging.getLogger().handlers:
                 h.flush()
-            self._guard("log file", self.client.log_artifact, self.run_id, str(path))
+            self.guard("log file", self.client.log_artifact, self.run_id, str(path))
