@@ -101,6 +101,8 @@ def sigterm_as_interrupt():
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
 def hydra_main(dcfg: DictConfig) -> float | None:
     from .app import load_checked_data, prepare, run
+    from .checkpoint import check_fits
+    from .preflight import check_job
 
     cfg = OmegaConf.to_container(dcfg, resolve=True)
     info = job_info()
@@ -108,9 +110,11 @@ def hydra_main(dcfg: DictConfig) -> float | None:
     status, error = "FAILED", "the run ended without reporting why"
     try:  # the tracker's run always ends (finally): FINISHED, FAILED or KILLED, never RUNNING
         with sigterm_as_interrupt():
+            check_job(dcfg)  # cnnexp.preflight: the guard again, inside every job
             exp = prepare(cfg)  # config, data and checkpoint errors all come before the MLflow run
             data = load_checked_data(cfg, exp)
             ckpt = resume_checkpoint(cfg, info)
+            check_fits(ckpt, exp, data[1], cfg)  # cnnexp.checkpoint: mismatches before the run
             tracker = make_tracker(cfg, info)
             result = run(cfg, tracker=tracker, exp=exp, resume=ckpt, data=data,
                          checkpoint_dir=os.path.join(info["output_dir"], "checkpoints"))
