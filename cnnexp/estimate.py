@@ -79,18 +79,32 @@ def estimate(cfg: dict) -> list[tuple[int, str, tuple, int, int]] | None:
         return None
     rows, cur = [], tuple(shape)
     for i, ls in enumerate(spec.get("layers") or []):
-        at = f"model.layers.{i}"
         if not isinstance(ls, dict) or not isinstance(ls.get("type"), str) or ls["type"] not in LAYERS:
             return None
-        layer = LAYERS.build(ls["type"], {k: v for k, v in ls.items() if k != "type"}, where=at)
-        layer.input_shape = cur
-        try:
-            out = tuple(int(d) for d in layer.output_shape_for(cur))
-        except ShapeError as e:
-            raise ConfigError(f"{at} ({ls['type']}): {e} (input shape {cur})") from None
-        rows.append((i, ls["type"], out, layer_params(layer, cur), layer_activations(layer, out)))
+        kwargs = {k: v for k, v in ls.items() if k != "type"}
+        key = (ls["type"], id(LAYERS.get(ls["type"])), repr(sorted(kwargs.items())), cur)
+        if key not in _MEMO:  # a sweep walks the same layers many times
+            if len(_MEMO) > 100_000:
+                _MEMO.clear()
+            _MEMO[key] = _walk(LAYERS, ShapeError, i, ls["type"], kwargs, cur)
+        out, params, acts = _MEMO[key]
+        rows.append((i, ls["type"], out, params, acts))
         cur = out
     return rows
+
+
+_MEMO: dict = {}
+
+
+def _walk(layers, shape_error, i: int, kind: str, kwargs: dict, cur: tuple) -> tuple[tuple, int, int]:
+    at = f"model.layers.{i}"
+    layer = layers.build(kind, kwargs, where=at)
+    layer.input_shape = cur
+    try:
+        out = tuple(int(d) for d in layer.output_shape_for(cur))
+    except shape_error as e:
+        raise ConfigError(f"{at} ({kind}): {e} (input shape {cur})") from None
+    return out, layer_params(layer, cur), layer_activations(layer, out)
 
 
 def check_memory(cfg: dict) -> None:

@@ -123,7 +123,19 @@ def _canonical(obj) -> str:
     return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', type(obj).__name__)}"
 
 
+def _import_optuna(name: str) -> None:
+    """Optuna's samplers and pruners are allowed: import those two modules (not the name given)."""
+    if name.startswith("optuna."):
+        for pkg in OPTUNA:
+            try:
+                importlib.import_module(pkg)
+            except ImportError:
+                pass
+
+
 def check_target(name: Any, where: str) -> None:
+    if isinstance(name, str):
+        _import_optuna(name)
     obj = _lookup(name) if isinstance(name, str) else _MISSING
     if obj is not _MISSING and allowed_target(obj):
         return

@@ -183,7 +183,9 @@ def check(argv: list[str], conf_dir: str) -> int:
 
     from . import cleanup, guard, sweepcheck
     from .app import prepare
+    from .config import register_schemas
 
+    register_schemas()
     guard.refuse_rerun(argv)
     args = parse_args(argv)
     if args is None:
