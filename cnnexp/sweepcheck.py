@@ -132,7 +132,9 @@ def check(h, cfg, config_name: str, task: Callable, prepare: Callable, light: Ca
         job = cfg
         try:
             if combo:
-                job = h.compose_config(config_name, fixed + list(combo), run_mode=RunMode.RUN)
+                # as Hydra's load_sweep_config: the hydra overrides, then the job's
+                hydra_overrides = list(cfg.hydra.overrides.hydra)
+                job = h.compose_config(config_name, hydra_overrides + fixed + list(combo), run_mode=RunMode.MULTIRUN)
                 guard.check_composed(job)
                 prepare(task(job))
             check_keys(job, keys, task(job), light, label)

@@ -122,7 +122,6 @@ def write(path: Path, text: str) -> Path:
     (["hydra.searchpath=[pkg://os]"], "pkg://os"),
     (["--cfg", "job", "+hydra.callbacks.x._target_=os.system"], "not allowed"),
     (["--help", "+hydra.callbacks.x._target_=os.system"], "not allowed"),
-    (["-m", "hydra.job_logging.handlers.file.filename=${hydra.runtime.output_dir}/a.log,/tmp/x.log"], "/tmp/x.log"),
 ])
 def test_other_doors_are_closed(argv, needle, tmp_path, monkeypatch):
     monkeypatch.setenv("CNNEXP_OUTPUTS", str(tmp_path / "outputs"))
@@ -195,14 +194,19 @@ def route(name: str, d: Path, marker: Path) -> list[str]:
     if name == "job_logging factory":
         write(d / "hydra" / "job_logging" / "evil.yaml", FACTORY_LOG.format(marker=marker))
         return [f"hydra.searchpath=[file://{d}]", "hydra/job_logging=evil"]
-    if name == "sweep of a hydra key":
-        return ["-m", f"hydra.job_logging.handlers.file.filename=${{hydra.runtime.output_dir}}/a.log,{marker}"]
+    if name == "hydra_logging file handler":
+        write(d / "hydra" / "hydra_logging" / "evil.yaml", FILE_LOG.format(marker=marker))
+        return [f"hydra.searchpath=[file://{d}]", "hydra/hydra_logging=evil"]
+    if name == "sweep over an experiment file":  # the sweep's base config is clean, job 2's is not
+        write(d / "experiment" / "evil.yaml", "# @package _global_\nhydra:\n  job_logging:\n    handlers:\n"
+              f"      file:\n        filename: {marker}\n")
+        return ["-m", f"hydra.searchpath=[file://{d}]", "experiment=lenet5,evil"]
     raise AssertionError(name)
 
 
 ROUTES = ["command line, prefix trick", "command line, launcher", "command line, log file", "--config-dir",
           "--config-dir experiment file", "hydra.searchpath experiment file", "job_logging file handler",
-          "job_logging factory", "sweep of a hydra key"]
+          "job_logging factory", "hydra_logging file handler", "sweep over an experiment file"]
 
 
 @pytest.mark.slow
