@@ -133,6 +133,8 @@ def hydra_session(args, conf_dir: str):
     from hydra.core.global_hydra import GlobalHydra
 
     version.setbase("1.3")
+    running = GlobalHydra.instance().hydra  # set when called from inside a running Hydra app
+    GlobalHydra.instance().clear()
     config_path = args.config_path if args.config_path is not None else conf_dir
     search_path = create_automatic_config_search_path(None, MAIN_MODULE, config_path)
     if args.config_dir is not None:
@@ -145,6 +147,8 @@ def hydra_session(args, conf_dir: str):
         yield h
     finally:
         GlobalHydra.instance().clear()
+        if running is not None:
+            GlobalHydra.instance().initialize(running)
 
 
 def task_config(cfg) -> dict:
@@ -229,12 +233,24 @@ def _base(h, config_name: str):
 def check_job(dcfg) -> None:
     """First thing inside the Hydra app, in every job (joblib workers included): the job's own
     config, hydra node included, passes the guard, with log files inside the job's real run
-    folder; a sweep worker is recorded so that the next start can clean up after a killed sweep."""
+    folder; a sweep worker is recorded so that the next start can clean up after a killed sweep.
+    If the app was started without the entry point's check (``hydra_main`` called directly),
+    the first job runs that check on ``sys.argv`` (every job of a sweep) before doing anything."""
+    import sys
+
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import OmegaConf
 
     from . import cleanup, guard
+    from .errors import CnnexpError
+    from .paths import conf_dir
 
+    if cleanup.MAIN_ENV not in os.environ:  # started without cnnexp.cli.main: its check, now, once
+        try:
+            check(sys.argv[1:], str(conf_dir()))
+        except CnnexpError as e:  # stops the whole sweep, not just this job
+            print(f"cnnexp: error: {e}", file=sys.stderr, flush=True)
+            raise SystemExit(e.exit_code) from None
     hc = HydraConfig.get()
     guard.check_targets(OmegaConf.to_container(dcfg, resolve=False))
     guard.check_hydra_node(hc, str(hc.runtime.output_dir))

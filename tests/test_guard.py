@@ -224,7 +224,7 @@ def test_injection_route_is_refused_and_runs_nothing(name, hydra_path, tmp_path)
 @pytest.mark.slow
 def test_the_log_file_route_is_real_without_the_entry_check(tmp_path):
     """Control: started past the entry point's check, Hydra opens the chosen log file before
-    the task function runs; the job's own check then refuses to run."""
+    the task function runs (so the marker tests above can fail); the job's check then refuses."""
     marker = tmp_path / "MARKER.log"
     code = ("import sys; from cnnexp import cli; sys.argv = ['x', 'hydra.job_logging.handlers.file.filename=%s', "
             "'tracking.enabled=false']; cli.hydra_main()" % marker)
@@ -243,3 +243,15 @@ def test_injection_tests_ran_both_hydra_versions(hydra_path):
     low, high = pinned_range()
     assert out.startswith("1.") and tuple(map(int, out.split("."))) >= tuple(map(int, low.split(".")))
     assert tuple(map(int, out.split("."))) < tuple(map(int, high.split(".")))
+
+
+@pytest.mark.slow
+def test_a_sweep_started_past_the_entry_point_is_checked_whole_by_its_first_job(tmp_path):
+    code = ("import sys; from cnnexp import cli; sys.argv = ['x', '-m', 'lr=0.01,-1', 'data=mnist_sample', "
+            "'data.train_size=20', 'data.test_size=20', 'epochs=1', 'tracking.enabled=false']; cli.hydra_main()")
+    env = {**os.environ, "CNNEXP_OFFLINE": "1", "CNNEXP_OUTPUTS": str(tmp_path / "outputs")}
+    env.pop("CNNEXP_MAIN_PROCESS", None)
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path,
+                       timeout=300)
+    assert p.returncode == 2 and "(job: lr=-1)" in p.stderr, p.stderr
+    assert "Epoch" not in p.stdout  # the first job (lr=0.01, valid) did not train either
