@@ -168,7 +168,7 @@ def shared_dir():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("what", ["folder", "file"])
+@pytest.mark.parametrize("what", ["folder", "file", "parent"])
 def test_unreadable_data_is_one_line(shared_dir, what):
     from cnnexp.data.idx import STANDARD_FILES, write_idx
 
@@ -177,9 +177,10 @@ def test_unreadable_data_is_one_line(shared_dir, what):
     for name, arr in zip(STANDARD_FILES, (np.zeros((10, 28, 28), np.uint8), np.zeros(10, np.uint8),
                                           np.zeros((10, 28, 28), np.uint8), np.zeros(10, np.uint8))):
         write_idx(data / name, arr).chmod(0o644)
-    (data / STANDARD_FILES[0] if what == "file" else data).chmod(0o000 if what == "file" else 0o300)
-    data.chmod(0o755 if what == "file" else 0o300)
-    p = as_nobody(["data=idx", f"data.dir={data}"], shared_dir)
+    (data / STANDARD_FILES[0]).chmod(0o000 if what == "file" else 0o644)
+    data.chmod({"file": 0o755, "folder": 0o300, "parent": 0o700}[what])
+    target = data / "inner" if what == "parent" else data  # a folder inside one the user may not enter
+    p = as_nobody(["data=idx", f"data.dir={target}"], shared_dir)
     errors = [ln for ln in p.stderr.splitlines() if ln.startswith("cnnexp: error:")]
     assert p.returncode == 3 and len(errors) == 1 and "Traceback" not in p.stderr, p.stderr
     assert "Permission denied" in errors[0] and str(data) in errors[0], errors[0]
