@@ -148,9 +148,17 @@ def check_tracking(t: dict) -> None:
          "use a name without path separators, control characters or only dots, e.g. tracking.experiment=lenet_study")
     uri = t.get("uri") or os.environ.get("MLFLOW_TRACKING_URI") or ""
     if uri.startswith("sqlite:///"):
+        from .errors import TrackingError
+
         folder = Path(uri[len("sqlite:///"):]).expanduser().absolute().parent
-        need(folder.is_dir() or folder == outputs_dir(), "tracking.uri" if t.get("uri") else "$MLFLOW_TRACKING_URI",
-             uri, f"folder {str(folder)!r} does not exist; create it or fix the path")
+        try:
+            missing = not folder.exists() and folder != outputs_dir()
+        except OSError:  # not ours to judge: the store check reports it
+            missing = False
+        if missing:
+            key = "tracking.uri" if t.get("uri") else "$MLFLOW_TRACKING_URI"
+            raise TrackingError(f"{key}={uri!r} is invalid: folder {str(folder)!r} does not exist; "
+                                f"create it or fix the path")
 
 
 def check_values(cfg: dict) -> None:

@@ -42,7 +42,6 @@ CONF = str(conf_dir())
     (["tracking.experiment=.."], "tracking.experiment='..' is invalid"),
     (["tracking.experiment=a/../../b"], "path separators"),
     (["tracking.experiment=..."], "only dots"),
-    (["tracking.uri=sqlite:////no_such_folder_xyz/mlflow.db"], "folder '/no_such_folder_xyz' does not exist"),
     (["memory_limit_mb=0"], "memory_limit_mb=0 is invalid"),
 ])
 def test_bad_number_or_name_is_one_line(argv, needle, tmp_path, monkeypatch):
@@ -58,11 +57,16 @@ def test_sqlite_store_in_the_default_outputs_folder_may_be_created(tmp_path, mon
     assert check([f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}"], CONF) == 1
 
 
-def test_env_store_in_a_missing_folder_is_refused(tmp_path, monkeypatch):
+def test_store_in_a_missing_folder_is_refused(tmp_path, monkeypatch):
+    from cnnexp.errors import TrackingError
+
     monkeypatch.setenv("CNNEXP_OUTPUTS", str(tmp_path / "outputs"))
+    with pytest.raises(TrackingError, match=r"tracking.uri=.*folder '/no_such_folder_xyz' does not exist"):
+        check(["tracking.uri=sqlite:////no_such_folder_xyz/mlflow.db"], CONF)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'typo' / 'mlflow.db'}")
-    with pytest.raises(ConfigError, match=r"\$MLFLOW_TRACKING_URI=.*typo.* does not exist"):
+    with pytest.raises(TrackingError, match=r"\$MLFLOW_TRACKING_URI=.*typo.* does not exist"):
         check([], CONF)
+    assert not (tmp_path / "typo").exists()
 
 
 # -- checkpoints -----------------------------------------------------------------------------
