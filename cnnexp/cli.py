@@ -81,6 +81,16 @@ def resume_checkpoint(cfg: dict, info: dict):
     return checkpoint.load(store.download_checkpoint(str(target), store.resolve_uri(cfg["tracking"].get("uri")), dst))
 
 
+def optuna_trial(cfg: dict):
+    """The pruning hook when this job is a trial of hydra/sweeper=optuna (cnnexp/sweepers), else None."""
+    if cfg["trial"]["number"] is None:
+        return None
+    from .sweepers.trial import open_trial
+
+    hc = HydraConfig.get()
+    return open_trial(cfg["trial"], OmegaConf.to_container(hc.sweeper, resolve=True), str(hc.sweep.dir))
+
+
 @contextmanager
 def sigterm_as_interrupt():
     """SIGTERM raises KeyboardInterrupt (in the main thread), so runs end KILLED, not RUNNING."""
@@ -101,6 +111,7 @@ def sigterm_as_interrupt():
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
 def hydra_main(dcfg: DictConfig) -> float | None:
     from .app import load_checked_data, prepare, run
+    from .sweepers.trial import TrialPruned
 
     cfg = OmegaConf.to_container(dcfg, resolve=True)
     info = job_info()
@@ -111,13 +122,19 @@ def hydra_main(dcfg: DictConfig) -> float | None:
             exp = prepare(cfg)  # config, data and checkpoint errors all come before the MLflow run
             data = load_checked_data(cfg, exp)
             ckpt = resume_checkpoint(cfg, info)
+            trial = optuna_trial(cfg)
             tracker = make_tracker(cfg, info)
-            result = run(cfg, tracker=tracker, exp=exp, resume=ckpt, data=data,
+            result = run(cfg, tracker=tracker, exp=exp, resume=ckpt, data=data, on_epoch_end=trial,
                          checkpoint_dir=os.path.join(info["output_dir"], "checkpoints"))
             tracker.log_results(result)  # weights, model, plots: needs the trained model
         status, error = "FINISHED", None
         m = result["metrics"]
         return float(m.get("val/acc", m.get("test/acc", float("nan"))))
+    except TrialPruned as e:  # stopped early on purpose: FINISHED, tagged pruned (not FAILED)
+        logger.info(str(e))
+        tracker.set_tags({"cnnexp.outcome": "pruned", "mlflow.note.content": str(e)})
+        status, error = "FINISHED", None
+        return e.value
     except CnnexpError as e:
         error = f"{type(e).__name__}: {e}"
         if debug():
@@ -157,6 +174,9 @@ def main(argv: list[str] | None = None) -> None:
         fail(e)
         sys.exit(e.exit_code)
     sys.argv = [sys.argv[0]] + list(argv)
+    from hydra_plugins.cnnexp_plugins import register
+
+    register()  # cnnexp's sweeper and launchers (an editable install hides them from Hydra's scan)
     try:
         with sigterm_as_interrupt():
             hydra_main()

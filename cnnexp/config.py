@@ -50,6 +50,12 @@ class TrackingConfig:
 
 
 @dataclass
+class TrialConfig:  # set by hydra/sweeper=optuna for each job (cnnexp/sweepers): not for users
+    study: Optional[str] = None  # the Optuna study the job reports val/acc to
+    number: Optional[int] = None  # the trial's number in that study
+
+
+@dataclass
 class PathsConfig:
     outputs: str = "${cnnexp_outputs:}"
 
@@ -69,6 +75,7 @@ class Config:
     optimizer: Any = field(default_factory=lambda: {"type": "sgd"})
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
+    trial: TrialConfig = field(default_factory=TrialConfig)
 
 
 def register_schemas() -> None:
