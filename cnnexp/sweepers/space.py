@@ -1,8 +1,8 @@
 """Hydra sweep overrides -> Optuna distributions.
 
-``lr=interval(0.001,0.1)`` a float range, ``lr=tag(log, interval(0.001,0.1))`` the same on a
-log scale, ``epochs=interval(1,5)`` an int range, ``batch_size=choice(1,4,16)`` or
-``batch_size=1,4,16`` a categorical, ``units=range(8,33,8)`` an int range with a step.
+``lr=interval(0.001,0.1)`` a float range (Hydra parses interval bounds as floats, always),
+``lr=tag(log, interval(0.001,0.1))`` the same on a log scale, ``batch_size=choice(1,4,16)`` or
+``batch_size=1,4,16`` a categorical, ``epochs=range(1,6)`` / ``units=range(8,33,8)`` an int range.
 Anything else (``epochs=2``) is a fixed value every trial gets.
 """
 
@@ -35,8 +35,6 @@ def _distribution(override) -> BaseDistribution:
         if not lo < hi or (log and lo <= 0):
             raise ConfigError(f"{key}=interval({lo}, {hi}) is invalid: need low < high"
                               + (" and low > 0 on a log scale" if log else ""))
-        if isinstance(lo, int) and isinstance(hi, int):
-            return IntDistribution(lo, hi, log=log)
         return FloatDistribution(float(lo), float(hi), log=log)
     raise ConfigError(f"{key}: the optuna sweeper cannot search {override.input_line!r}; "
                       f"use interval(a,b), tag(log, interval(a,b)), choice(...), a,b,c or range(a,b,step)")
