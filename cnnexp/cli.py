@@ -144,6 +144,9 @@ def hydra_main(dcfg: DictConfig) -> float | None:
             FAILED_JOBS.append(" ".join(info["overrides"]))
             return None
         sys.exit(e.exit_code)
+    except SystemExit:  # from a signal handler around the job (submitit: preempted or timed out, requeued)
+        status, error = "KILLED", "the job was stopped from outside (preempted or timed out?)"
+        raise
     except KeyboardInterrupt:
         status, error = "KILLED", "interrupted (SIGINT/SIGTERM)"
         print("cnnexp: interrupted", file=sys.stderr, flush=True)

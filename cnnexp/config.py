@@ -50,6 +50,16 @@ class TrackingConfig:
 
 
 @dataclass
+class ClusterConfig:  # set by hydra/launcher=slurm | submitit_local (conf/hydra/launcher/): job resources
+    partition: Optional[str] = None
+    timeout_min: int = 60
+    cpus_per_task: int = 1
+    mem_gb: int = 2
+    array_parallelism: int = 64
+    max_num_timeout: int = 3
+
+
+@dataclass
 class TrialConfig:  # set by hydra/sweeper=optuna for each job (cnnexp/sweepers): not for users
     study: Optional[str] = None  # the Optuna study the job reports val/acc to
     number: Optional[int] = None  # the trial's number in that study
@@ -76,6 +86,7 @@ class Config:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     trial: TrialConfig = field(default_factory=TrialConfig)
+    cluster: Optional[ClusterConfig] = None
 
 
 def register_schemas() -> None:

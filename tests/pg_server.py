@@ -60,6 +60,7 @@ class PostgresServer:
         self = cls(folder, free_port(), secrets.token_hex(12), bindir, user)
         pwfile = folder / "pwfile"
         pwfile.write_text(self.password + "\n")
+        pwfile.chmod(0o600)
         if user:
             os.chown(pwfile, pw.pw_uid, pw.pw_gid)
         try:

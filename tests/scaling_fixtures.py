@@ -19,6 +19,7 @@ from tracking_helpers import free_port, server
 def postgres():
     # not under pytest's tmp_path: that is private to root (0700) and PostgreSQL runs as its own user
     folder = Path(tempfile.mkdtemp(prefix="cnnexp-pg-"))
+    folder.chmod(0o711)  # PostgreSQL's user may pass through, not list
     try:
         pg = PostgresServer.start(folder / "pg")
     except Unavailable as e:

@@ -61,7 +61,8 @@ class SlurmCluster:
         self.munge_socket = folder / "munge" / "munge.socket"
 
     def env(self) -> dict[str, str]:
-        return {**os.environ, "SLURM_CONF": str(self.folder / "slurm.conf")}
+        path = str(self.folder / "bin") + os.pathsep + os.environ.get("PATH", "")
+        return {**os.environ, "SLURM_CONF": str(self.folder / "slurm.conf"), "PATH": path}
 
     def run(self, *cmd: str, timeout: float = 30) -> subprocess.CompletedProcess:
         return subprocess.run(list(cmd), capture_output=True, text=True, env=self.env(), timeout=timeout)
@@ -78,6 +79,7 @@ class SlurmCluster:
         try:
             self._munge()
             self._write_conf(cpus or os.cpu_count() or 1)
+            self._write_sacct()
             for d in ("state", "spool", "jobs"):
                 (folder / d).mkdir(exist_ok=True)
             self._spawn(["slurmctld", "-D", "-i", "-f", str(folder / "slurm.conf")], "slurmctld.out")
@@ -139,7 +141,7 @@ SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
 MpiDefault=none
 ReturnToService=2
-KillWait=5
+KillWait=30
 MinJobAge=600
 InactiveLimit=0
 SlurmdTimeout=60
@@ -149,6 +151,16 @@ PartitionName=debug Nodes={self.node} Default=YES MaxTime=INFINITE State=UP
 """)
         (f / "cgroup.conf").write_text("CgroupPlugin=cgroup/v1\nCgroupMountpoint=/sys/fs/cgroup\n"
                                        "ConstrainCores=no\nConstrainRAMSpace=no\nConstrainDevices=no\n")
+
+    def _write_sacct(self) -> None:
+        """sacct answers from the accounting database (slurmdbd + MySQL), which this test cluster
+        does not run; submitit asks it for job states. This stand-in answers the same question
+        (``sacct -o JobID,State --parsable2 -j ID...``) from slurmctld's own records (scontrol),
+        which keep finished jobs for MinJobAge seconds."""
+        b = self.folder / "bin"
+        b.mkdir(exist_ok=True)
+        (b / "sacct").write_text(SACCT)
+        (b / "sacct").chmod(0o755)
 
     def _spawn(self, cmd: list[str], out: str) -> None:
         log = open(self.folder / out, "ab")
@@ -191,6 +203,20 @@ PartitionName=debug Nodes={self.node} Default=YES MaxTime=INFINITE State=UP
                     p.kill()
                     p.wait(5)
         self.procs.clear()
+
+
+SACCT = """#!/usr/bin/env python3
+import subprocess, sys
+args = sys.argv[1:]
+print("JobID|State")
+for jid in [args[i + 1] for i, a in enumerate(args[:-1]) if a == "-j"]:
+    out = subprocess.run(["scontrol", "show", "job", "-o", jid], capture_output=True, text=True).stdout
+    for line in out.splitlines():
+        f = dict(kv.split("=", 1) for kv in line.split() if "=" in kv)
+        task = f.get("ArrayTaskId")
+        name = f.get("JobId") if not task else f.get("ArrayJobId") + "_" + (task if task.isdigit() else "[" + task + "]")
+        print(name + "|" + f.get("JobState", "UNKNOWN"))
+"""
 
 
 def _which(name: str) -> str:

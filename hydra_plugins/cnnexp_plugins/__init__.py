@@ -10,5 +10,7 @@ def register() -> None:
     from hydra.core.plugins import Plugins
 
     from .optuna import OptunaSweeper
+    from .submitit import CnnexpLocalLauncher, CnnexpSlurmLauncher
 
-    Plugins.instance().register(OptunaSweeper)
+    for plugin in (OptunaSweeper, CnnexpSlurmLauncher, CnnexpLocalLauncher):
+        Plugins.instance().register(plugin)
