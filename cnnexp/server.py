@@ -41,7 +41,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                    f"password comes from ${ADMIN_ENV} (never the command line)")
     p.add_argument("--auth-db", default=None, help="the auth user store (default: sqlite file next to "
                    "the artifacts folder: <artifacts>/../mlflow-auth.db)")
-    p.add_argument("--timeout", type=float, default=120, help="seconds to wait for the server to answer")
+    p.add_argument("--timeout", type=float, default=300, help="seconds to wait for the server to answer "
+                   "(the first start creates the database tables: minutes on a slow machine)")
     return p.parse_args(argv)
 
 
@@ -110,14 +111,22 @@ def serve(args: argparse.Namespace) -> int:
     try:
         wait_ready(proc, url, args.timeout)
     except TrackingError:
-        proc.terminate()
-        proc.wait(30)
+        stop(proc)
         raise
     print(f"MLflow server ready at {url} (backend {redact(args.db)}, artifacts {artifacts})", flush=True)
     print(f"tracking.uri={url}", flush=True)
     if args.auth:
         print("clients authenticate with $MLFLOW_TRACKING_USERNAME / $MLFLOW_TRACKING_PASSWORD", flush=True)
     return proc.wait()
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -76,15 +76,19 @@ class PostgresServer:
         return self
 
     def psql(self, sql: str, db: str = "postgres") -> str:
-        env = {**os.environ, "PGPASSWORD": self.password}
         p = subprocess.run([str(self.bindir / "psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres",
-                            "-d", db, "-At", "-c", sql], capture_output=True, text=True, env=env, timeout=60)
+                            "-d", db, "-At", "-c", sql], capture_output=True, text=True, env=self.env(), timeout=60)
         if p.returncode:
             raise RuntimeError(f"psql {sql!r}: {p.stderr}")
         return p.stdout
 
-    def url(self, db: str) -> str:
-        return f"postgresql://postgres:{self.password}@127.0.0.1:{self.port}/{db}"
+    def url(self, db: str, password: bool = False) -> str:
+        """The database's URL; without the password, clients take it from $PGPASSWORD (``env``)."""
+        user = f"postgres:{self.password}" if password else "postgres"
+        return f"postgresql://{user}@127.0.0.1:{self.port}/{db}"
+
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "PGPASSWORD": self.password}
 
     def stop(self) -> None:
         self._run(str(self.bindir / "pg_ctl"), "-D", "data", "-m", "fast", "-w", "stop", check=False)

@@ -38,9 +38,9 @@ def team_server(postgres, tmp_path_factory):
     folder = tmp_path_factory.mktemp("team-server")
     port = free_port()
     cmd = [sys.executable, "-m", "cnnexp.server", "--db", postgres.url("mlflow"), "--artifacts",
-           str(folder / "artifacts"), "--port", str(port), "--workers", "2"]
+           str(folder / "artifacts"), "--port", str(port), "--workers", "2", "--timeout", "600"]
     url = f"http://127.0.0.1:{port}"
-    with server(cmd, url + "/health", folder / "server.log", timeout=180):
+    with server(cmd, url + "/health", folder / "server.log", env=postgres.env(), timeout=600):
         yield url, folder / "artifacts"
     log = (folder / "server.log").read_text()
     assert f"tracking.uri={url}" in log, log[-2000:]

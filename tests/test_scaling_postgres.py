@@ -48,7 +48,7 @@ def test_parallel_sweep_logs_to_the_team_server_with_artifacts_through_it(team_s
         assert len(stored) == 1 and filecmp.cmp(got, stored[0], shallow=False)
 
 
-def sweep_process(out: Path, url: str, storage: str, seed: int) -> subprocess.Popen:
+def sweep_process(out: Path, url: str, storage: str, seed: int, password: str) -> subprocess.Popen:
     args = ["-m", "hydra/sweeper=optuna", *TINY, "epochs=2", "data.val_size=100", "tracking.log_model=false",
             f"tracking.uri={url}", "lr=choice(0.02,0.00001)", "hydra.sweeper.n_trials=3",
             f"hydra.sweeper.storage={storage}", "hydra.sweeper.study_name=shared",
@@ -57,7 +57,7 @@ def sweep_process(out: Path, url: str, storage: str, seed: int) -> subprocess.Po
             "~hydra.sweeper.pruner", "+hydra.sweeper.pruner={type: threshold, lower: 0.3}"]
     out.parent.mkdir(parents=True, exist_ok=True)
     return subprocess.Popen([sys.executable, "-m", "cnnexp", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, env=env_for(out), cwd=out.parent)
+                            text=True, env=env_for(out, PGPASSWORD=password), cwd=out.parent)
 
 
 def test_two_sweep_processes_search_one_postgres_study(team_server, postgres, tmp_path):
@@ -66,13 +66,14 @@ def test_two_sweep_processes_search_one_postgres_study(team_server, postgres, tm
 
     url, _ = team_server
     storage = postgres.url("optuna")
-    procs = [sweep_process(tmp_path / f"machine{i}" / "outputs", url, storage, seed) for i, seed in enumerate((0, 1))]
+    procs = [sweep_process(tmp_path / f"machine{i}" / "outputs", url, storage, seed, postgres.password)
+             for i, seed in enumerate((0, 1))]
     logs = [p.communicate(timeout=900)[0] for p in procs]
     for p, log in zip(procs, logs):
         assert p.returncode == 0, log[-3000:]
     for i in range(2):
         wait_logged(tmp_path / f"machine{i}" / "outputs")
-    study = optuna.load_study(study_name="shared", storage=storage)
+    study = optuna.load_study(study_name="shared", storage=postgres.url("optuna", password=True))
     numbers = sorted(t.number for t in study.trials)
     assert numbers == list(range(6))  # every trial of both processes, none repeated
     assert {t.state.name for t in study.trials} <= {"COMPLETE", "PRUNED"}
