@@ -85,3 +85,11 @@ def test_trials_report_each_epoch_and_pruned_ones_end_finished_tagged_pruned(tmp
             assert "cnnexp.outcome" not in r.data.tags and len(val) == 2
             assert study.trials[n].value == val[-1]
     assert f"Best value: {study.best_value}" in p.stdout + p.stderr
+
+
+@pytest.mark.slow
+def test_bad_sweeper_setting_is_a_one_line_error(tmp_path):
+    p = cli(["-m", "hydra/sweeper=optuna", "data=mnist_sample", "hydra.sweeper.direction=up",
+             "lr=interval(0.001,0.1)"], tmp_path / "outputs")
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    assert "cnnexp: error: hydra.sweeper.direction='up' is invalid: use maximize or minimize" in p.stderr

@@ -23,10 +23,25 @@ class OptunaSweeper(Sweeper):
 
         from cnnexp.sweepers.optuna_sweeper import from_hydra
 
-        self.impl = from_hydra(**self.kwargs)
+        self.impl = one_line_errors(from_hydra, **self.kwargs)
         self.config, self.hydra_context = config, hydra_context
         self.launcher = Plugins.instance().instantiate_launcher(
             hydra_context=hydra_context, task_function=task_function, config=config)
 
     def sweep(self, arguments: List[str]) -> Any:
-        return self.impl.run(self.launcher, self.config, self.hydra_context, arguments)
+        return one_line_errors(self.impl.run, self.launcher, self.config, self.hydra_context, arguments)
+
+
+def one_line_errors(fn, *args, **kwargs):
+    """A bad sweeper setting or search space: ``cnnexp: error: ...`` and a non-zero exit (a
+    SystemExit passes Hydra's own error report), not a traceback."""
+    from cnnexp.cli import debug, fail
+    from cnnexp.errors import CnnexpError
+
+    try:
+        return fn(*args, **kwargs)
+    except CnnexpError as e:
+        if debug():
+            raise
+        fail(e)
+        raise SystemExit(e.exit_code) from None
