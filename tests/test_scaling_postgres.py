@@ -80,7 +80,8 @@ def test_two_sweep_processes_search_one_postgres_study(team_server, postgres, tm
     pruned = [t for t in study.trials if t.state.name == "PRUNED"]
     assert pruned and all(t.params["lr"] == 1e-05 and list(t.intermediate_values) == [1] for t in pruned)
     runs = all_runs(MlflowClient(url))
-    parents = [r for r in runs if r.data.tags.get("cnnexp.role") == "sweep"]
+    parents = [r for r in runs if r.data.tags.get("cnnexp.role") == "sweep"  # (the server is shared)
+               and r.data.tags["sweep.dir"].startswith(str(tmp_path))]
     assert len(parents) == 2
     per_process = [sorted(int(r.data.params["trial.number"]) for r in children_of(runs, p)) for p in parents]
     assert all(len(n) == 3 for n in per_process) and sorted(per_process[0] + per_process[1]) == numbers

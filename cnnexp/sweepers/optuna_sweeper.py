@@ -66,8 +66,13 @@ class OptunaSweep:
             trials = [study.ask(space) for _ in range(min(cfg["n_jobs"], left))]
             batch = [[*(f"{k}={v}" for k, v in fixed.items()), *(override(k, v) for k, v in t.params.items()),
                       f"trial.study={name}", f"trial.number={t.number}"] for t in trials]
-            self.validate(hydra_context, config, batch)
-            results = launcher.launch(batch, initial_job_idx=self.job_idx)
+            try:
+                self.validate(hydra_context, config, batch)
+                results = launcher.launch(batch, initial_job_idx=self.job_idx)
+            except BaseException:  # interrupted or crashed: no trial of a shared study stays RUNNING
+                for t in trials:
+                    study.tell(t, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
+                raise
             self.job_idx += len(results)
             failures += sum(not tell(study, t, r) for t, r in zip(trials, results))
             returns.append(results)
