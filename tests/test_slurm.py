@@ -74,6 +74,19 @@ def test_four_job_sweep_on_slurm_all_finished_under_one_parent(slurm, tmp_path):
                if f.startswith("JobId=")]
         assert len(ids) == 4 and not [i for i in ids if glob.glob(f"/sys/fs/cgroup/freezer/slurm*/uid_*/job_{i}")]
 
+def test_submitit_local_preset_runs_jobs_as_local_processes(tmp_path):
+    out = tmp_path / "outputs"
+    p = cli(["-m", "hydra/launcher=submitit_local", *TINY, "tracking.log_model=false", "lr=0.001,0.01"], out,
+            timeout=900)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
+    assert "validated against ConfigStore schema" not in p.stderr
+    (parent,), kids = sweep_runs(out)
+    assert parent.data.tags["sweep.launcher"] == "CnnexpLocalLauncher"
+    assert sorted(r.data.params["lr"] for r in kids) == ["0.001", "0.01"]
+    assert all(r.info.status == "FINISHED" and r.data.tags["hydra.overrides"].endswith("tracking.wait=true")
+               for r in kids)
+
+
 def wait_for(path_glob: str, proc: subprocess.Popen, timeout: float = 600) -> str:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -7,7 +7,13 @@ classes itself (``register``). Keep this module light: Hydra imports it at every
 
 
 def register() -> None:
+    import warnings
+
     from hydra.core.plugins import Plugins
+
+    # conf/hydra/launcher/submitit_local.yaml replaces hydra-submitit-launcher's preset of that
+    # name, whose schema it matches: Hydra's notice about that is not for cnnexp's users
+    warnings.filterwarnings("ignore", message=r"\s*'hydra/launcher/submitit_local' is validated against ConfigStore")
 
     from .optuna import OptunaSweeper
     from .submitit import CnnexpLocalLauncher, CnnexpSlurmLauncher
