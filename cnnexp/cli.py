@@ -167,8 +167,11 @@ def main(argv: list[str] | None = None) -> None:
         from .runs import main as runs_main
 
         sys.exit(runs_main(argv[1:]))
+    from hydra_plugins.cnnexp_plugins import register
+
     from . import preflight
 
+    register()  # cnnexp's sweeper and launchers (an editable install hides them from Hydra's scan)
     try:
         preflight.check(argv, CONF_DIR)
     except CnnexpError as e:
@@ -177,9 +180,6 @@ def main(argv: list[str] | None = None) -> None:
         fail(e)
         sys.exit(e.exit_code)
     sys.argv = [sys.argv[0]] + list(argv)
-    from hydra_plugins.cnnexp_plugins import register
-
-    register()  # cnnexp's sweeper and launchers (an editable install hides them from Hydra's scan)
     try:
         with sigterm_as_interrupt():
             hydra_main()
