@@ -20,3 +20,8 @@ def register() -> None:
 
     for plugin in (OptunaSweeper, CnnexpSlurmLauncher, CnnexpLocalLauncher):
         Plugins.instance().register(plugin)
+    if "hydra_plugins.hydra_optuna_sweeper" in Plugins.instance().stats.modules_import_time:
+        import sys
+
+        print("cnnexp: note: hydra-optuna-sweeper (no longer a dependency) is installed; its preset "
+              "hides cnnexp's hydra/sweeper=optuna: pip uninstall hydra-optuna-sweeper", file=sys.stderr)
