@@ -117,21 +117,19 @@ def _sync(folder: Path, follow: bool, poll: float, uri: str | None) -> dict:
         mlflow_run.send(c, run_id, params=flatten(cfg))
         state["errors"] += mlflow_run.log_config(c, run_id, cfg, (start.get("info") or {}).get("output_dir"))
         write_json(folder / STATE, state)
-    run_id, journal = state["run_id"], folder / JOURNAL
-    end = None
-    while True:
+    journal = folder / JOURNAL
+    end = state.get("end")  # a sync cut short after the end was read
+    while end is None:
         if fid is not None and store.file_id(uri) != fid:
             raise StoreChanged(f"the MLflow store {store.sqlite_path(uri)} was deleted or replaced", uri)
         events, _ = read_events(journal, state["offset"])
         for pos, event in _apply(c, state, events, start, folder):
             if event["event"] == "finish":
-                end = event
+                end = state["end"] = event
             state["offset"] = pos
         if events:
             write_json(folder / STATE, state)
-        if end is not None:
-            break
-        if not events:
+        elif end is None:
             if not alive(start, heartbeat=journal):
                 break  # the liveness rule: no end, writer gone -> KILLED
             if not follow:
