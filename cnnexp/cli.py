@@ -68,7 +68,7 @@ def make_tracker(cfg: dict, info: dict):
             logger.warning(f"cnnexp: warning: an earlier run is not in the store yet ({error})")
     tracker = JournalTracker.start(cfg, info, (sweep_dir if in_sweep else outputs_dir()) / "journals", uri)
     mode = "sweep" if in_sweep else "follower" if checked and tcfg["background"] and not tcfg["wait"] else "here"
-    if mode == "follower":
+    if mode == "follower" and not tracker.broken:
         follower.spawn(tracker.folder)
     return tracker, mode
 
@@ -79,7 +79,7 @@ def deliver(tracker, mode: str | None) -> bool:
     from .tracking.journal import STATE, read_json
     from .tracking.sync import describe, replay_command, sync
 
-    if mode is None or mode == "sweep":
+    if mode is None or mode == "sweep" or tracker.broken:  # (a broken journal was reported when it broke)
         return True
     folder = tracker.folder
     if mode == "here":

@@ -40,14 +40,18 @@ def spawn(folder: Path) -> subprocess.Popen:
         with open(Path(folder) / LOG, "ab") as log:
             p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                  close_fds=True, start_new_session=True)
-        write_json(Path(folder) / FOLLOWER, identity(p.pid))
-        return p
     except OSError as e:
         raise TrackingError(f"cannot start the tracking follower ({e.strerror or e}); the run is journaled in "
                             f"{folder}: log it with python -m cnnexp.tracking sync {folder}") from None
+    try:
+        write_json(Path(folder) / FOLLOWER, identity(p.pid))  # for wait_idle
+    except OSError:
+        pass
+    return p
 
 
-def sync_any(folder: Path, follow: bool = True, uri: str | None = None, wait_lock: bool = True) -> dict:
+def sync_any(folder: Path, follow: bool = True, uri: str | None = None, experiment: str | None = None,
+             wait_lock: bool = True) -> dict:
     """``sync`` a journal folder or ``sync_sweep`` a sweep folder."""
     if (Path(folder) / SWEEP_FILE).is_file():
         from .sweep import sync_sweep
@@ -55,7 +59,7 @@ def sync_any(folder: Path, follow: bool = True, uri: str | None = None, wait_loc
         return sync_sweep(folder, wait_lock=wait_lock)
     from .sync import sync
 
-    return sync(folder, follow=follow, uri=uri, wait_lock=wait_lock)
+    return sync(folder, follow=follow, uri=uri, experiment=experiment, wait_lock=wait_lock)
 
 
 def patiently(folder: Path, patience: float | None = None) -> dict:
@@ -130,7 +134,7 @@ def _follow(folder: Path) -> int:
     return status
 
 
-def _sync_command(target: Path, uri: str | None) -> int:
+def _sync_command(target: Path, uri: str | None, experiment: str | None) -> int:
     """Log every journal found at ``target``; one line per run; 0 when all are logged."""
     if (target / JOURNAL).is_file() or (target / SWEEP_FILE).is_file():
         targets = [target]
@@ -145,7 +149,7 @@ def _sync_command(target: Path, uri: str | None) -> int:
     failed = 0
     for folder in targets:
         try:
-            state = sync_any(folder, uri=uri)
+            state = sync_any(folder, uri=uri, experiment=experiment)
             print(f"{folder.name}: MLflow run {state['run_id']} ({state.get('status')}): {state.get('link')}")
         except TrackingError as e:
             print(f"cnnexp: error: {e}", file=sys.stderr)
@@ -160,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("folder", type=Path, nargs="?", default=None,
                     help="a journal folder, a sweep folder, or a folder holding them (default: the outputs folder)")
     ap.add_argument("--uri", help="log to this tracking URI instead of the run's own store (sync only)")
+    ap.add_argument("--experiment", help="log into this experiment instead of the run's own (sync only)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(levelname)s] %(message)s")
     for name in ("alembic", "mlflow"):
@@ -167,4 +172,4 @@ def main(argv: list[str] | None = None) -> int:
     target = (args.folder or outputs_dir()).resolve()
     if args.command == "follow":
         return _follow(target)
-    return _sync_command(target, args.uri)
+    return _sync_command(target, args.uri, args.experiment)

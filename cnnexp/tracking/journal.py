@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..errors import TrackingError
 from ..paths import outputs_dir
 from .base import INTERVAL_KEYS, Tracker
 
@@ -150,8 +151,12 @@ class JournalTracker(Tracker):
 
     def __init__(self, folder: Path, cfg: dict):
         self.folder, self.cfg = Path(folder), cfg
-        self.folder.mkdir(parents=True, exist_ok=True)
-        self._fd = os.open(self.folder / JOURNAL, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            self._fd = os.open(self.folder / JOURNAL, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise TrackingError(f"cannot create the run's journal in {self.folder} ({e.strerror or e}); "
+                                f"free some space or set CNNEXP_OUTPUTS to a writable folder") from None
         self._metrics: list[list] = []
         self._last_flush = time.monotonic()
         self.broken: str | None = None  # why the journal stopped (disk full), if it did
@@ -185,6 +190,8 @@ class JournalTracker(Tracker):
             self._broke(e)
 
     def _broke(self, e: OSError) -> None:
+        if self.broken:
+            return
         self.broken = f"{e.strerror or e}"
         logger.warning(f"cnnexp: warning: cannot write the run's journal {self.folder / JOURNAL} "
                        f"({self.broken}); training goes on, tracking stops here")

@@ -57,10 +57,10 @@ def replay_command(folder: Path) -> str:
 
 
 def sync(folder: Path, follow: bool = True, poll: float = 0.25, uri: str | None = None,
-         wait_lock: bool = True) -> dict:
-    """Send the journal in ``folder`` to its store (or ``uri``); returns the sync state (``done``
-    once the store confirms the ended run). While the writer is alive it waits for more with
-    ``follow``, else returns what it sent. ``wait_lock=False``: return at once (``busy``) when
+         experiment: str | None = None, wait_lock: bool = True) -> dict:
+    """Send the journal in ``folder`` to its store and experiment (or ``uri``, ``experiment``);
+    returns the sync state (``done`` once the store confirms the ended run). While the writer
+    is alive it waits for more with ``follow``, else returns what it sent. ``wait_lock=False``: return at once (``busy``) when
     another process syncs the folder. Raises TrackingError (one line, with the command that
     logs the run later) when the store cannot take it."""
     folder = Path(folder).resolve()
@@ -69,7 +69,7 @@ def sync(folder: Path, follow: bool = True, poll: float = 0.25, uri: str | None 
             return {**read_json(folder / STATE), "busy": True}
         for _ in range(3):
             try:
-                state = _sync(folder, follow, poll, uri)
+                state = _sync(folder, follow, poll, uri, experiment)
                 if state.get("done"):
                     unregister(folder, Path(first_event(folder).get("outputs") or store.outputs_dir()))
                 return state
@@ -82,7 +82,8 @@ def sync(folder: Path, follow: bool = True, poll: float = 0.25, uri: str | None 
                 _record_failure(folder, msg)
                 raise TrackingError(msg) from None
             except Exception as e:  # noqa: BLE001  (a store error: one line, the journal is kept)
-                msg = f"the run {folder.name} was not logged: {first_line(e)}; log it with: {replay_command(folder)}"
+                msg = (f"the run {folder.name} was not logged: {first_line(e)}; log it with: {replay_command(folder)}"
+                       f" (--uri / --experiment to log it elsewhere)")
                 _record_failure(folder, msg)
                 raise TrackingError(msg) from e
         raise TrackingError(f"the MLflow store kept changing while the run {folder.name} was sent; "
@@ -96,9 +97,9 @@ def _record_failure(folder: Path, msg: str) -> None:
         pass
 
 
-def _sync(folder: Path, follow: bool, poll: float, uri: str | None) -> dict:
+def _sync(folder: Path, follow: bool, poll: float, uri: str | None, experiment: str | None) -> dict:
     state = read_json(folder / STATE)
-    if state.get("done") and (uri is None or uri == state.get("uri")):
+    if state.get("done") and uri in (None, state.get("uri")) and experiment in (None, state.get("experiment")):
         return state
     start = first_event(folder)
     if start.get("event") != "start":
@@ -107,13 +108,16 @@ def _sync(folder: Path, follow: bool, poll: float, uri: str | None) -> dict:
     uri = uri or state.get("uri") or start.get("uri") or store.resolve_uri((cfg.get("tracking") or {}).get("uri"))
     c = store.client(uri)
     fid = store.file_id(uri)
-    exp_id = store.experiment_id(c, (cfg.get("tracking") or {}).get("experiment") or "cnnexp", uri)
-    if state.get("run_id") and (state.get("uri") != uri or not _exists(c, state["run_id"])):
-        state = {}  # another store, or the store lost the run (its file was deleted): start over
+    experiment = experiment or (cfg.get("tracking") or {}).get("experiment") or "cnnexp"
+    exp_id = store.experiment_id(c, experiment, uri)
+    if state.get("run_id") and (state.get("experiment_id") != exp_id or state.get("uri") != uri
+                                or not _exists(c, state["run_id"])):
+        state = {}  # another store or experiment, or the store lost the run (file deleted): start over
     if not state.get("run_id"):
         parent = _parent(start)
         run_id = mlflow_run.create(c, exp_id, start, parent)
-        state = {"run_id": run_id, "uri": uri, "experiment_id": exp_id, "offset": 0, "errors": []}
+        state = {"run_id": run_id, "uri": uri, "experiment": experiment, "experiment_id": exp_id, "offset": 0,
+                 "errors": []}
         mlflow_run.send(c, run_id, params=flatten(cfg))
         state["errors"] += mlflow_run.log_config(c, run_id, cfg, (start.get("info") or {}).get("output_dir"))
         write_json(folder / STATE, state)
