@@ -328,3 +328,31 @@ def test_runs_cli_without_a_store_is_one_clear_line(tmp_path):
     p = subprocess.run([sys.executable, "-m", "cnnexp.runs"], capture_output=True, text=True, env=env, timeout=120)
     assert p.returncode == 1 and p.stdout == ""
     assert p.stderr.strip().count("\n") == 0 and "no runs yet" in p.stderr
+
+
+def test_no_import_cycles_in_tracking_and_the_entry_modules():
+    """Every import between cnnexp modules (lazy ones inside functions too) points one way."""
+    import ast
+
+    pkg = ROOT / "cnnexp"
+    files = [*sorted((pkg / "tracking").glob("*.py")), pkg / "cli.py", pkg / "app.py", pkg / "runs.py"]
+    name = lambda f: ".".join(f.relative_to(ROOT).with_suffix("").parts)  # noqa: E731
+    graph = {}
+    for f in files:
+        mod = name(f)
+        deps = set()
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level:
+                base = mod.split(".")[: -node.level]
+                target = ".".join(base + ([node.module] if node.module else []))
+                deps |= {f"{target}.{a.name}" if not node.module else target for a in node.names}
+        graph[mod] = {d for d in deps if d in {name(g) for g in files} and d != mod}
+
+    def visit(m, path):
+        assert m not in path, "import cycle: " + " -> ".join([*path, m])
+        for d in graph[m]:
+            visit(d, [*path, m])
+
+    for m in graph:
+        visit(m, [])
+    assert graph["cnnexp.tracking.journal"] and "cnnexp.tracking.sync" in graph["cnnexp.tracking.sweep"]

@@ -108,11 +108,14 @@ def wait_idle(root: Path, timeout: float = 120.0) -> list[Path]:
         found = {p.parent for name in (JOURNAL, SWEEP_FILE) for p in Path(root).rglob(name)}
         busy = []
         for folder in sorted(found):
+            follower = read_json(folder / FOLLOWER)
+            if follower and alive(follower):  # (it may be catching up other folders)
+                busy.append(folder)
+                continue
             if read_json(folder / STATE).get("done"):
                 continue
-            follower = read_json(folder / FOLLOWER)
             with folder_lock(folder, wait=False) as free:
-                if not free or (follower and alive(follower)):
+                if not free:
                     busy.append(folder)
         if not busy or time.monotonic() > deadline:
             return busy

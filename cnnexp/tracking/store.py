@@ -185,13 +185,24 @@ def resolve_run_id(c, prefix: str, uri: str) -> str:
     return ids.pop()
 
 
+_files: dict[str, list | None] = {}  # the SQLite file each URI's cached MLflow engine is on
+
+
 def client(uri: str):
-    """An MlflowClient on a store that is ready to use."""
+    """An MlflowClient on a store that is ready to use (on a fresh engine when the SQLite file
+    was deleted or replaced since the last call)."""
+    if sqlite_path(uri) is not None:
+        if uri in _files and file_id(uri) != _files[uri]:
+            forget(uri)
+        ensure_store(uri)
+        _files[uri] = file_id(uri)
     ensure_store(uri)  # first: an unreachable server fails in milliseconds, before MLflow loads
     import mlflow
     from mlflow.tracking import MlflowClient
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no tqdm bars in run logs
+    # a store error is reported by cnnexp in one line; not with MLflow's traceback as well
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
     mlflow.set_tracking_uri(uri)  # for mlflow.models.Model.log, which reads the global URI
     return MlflowClient(uri)
 

@@ -121,7 +121,17 @@ def _sync(folder: Path, follow: bool, poll: float, uri: str | None, experiment: 
         mlflow_run.send(c, run_id, params=flatten(cfg))
         state["errors"] += mlflow_run.log_config(c, run_id, cfg, (start.get("info") or {}).get("output_dir"))
         write_json(folder / STATE, state)
-    journal = folder / JOURNAL
+    try:
+        return _send(c, folder, state, start, follow, poll, fid)
+    except Exception as e:
+        if fid is not None and store.file_id(uri) != fid:
+            raise StoreChanged(f"the MLflow store {store.sqlite_path(uri)} was deleted or replaced", uri) from e
+        raise
+
+
+def _send(c, folder: Path, state: dict, start: dict, follow: bool, poll: float, fid: list | None) -> dict:
+    """The journal's events from ``state["offset"]`` on, then the end."""
+    journal, uri = folder / JOURNAL, state["uri"]
     end = state.get("end")  # a sync cut short after the end was read
     while end is None:
         if fid is not None and store.file_id(uri) != fid:
