@@ -63,11 +63,10 @@ def test_four_job_sweep_on_slurm_all_finished_under_one_parent(slurm, tmp_path):
     (sweep_dir,) = glob.glob(f"{out}/multirun/*/*")
     array_tasks = sorted(Path(d).name.split("_")[1] for d in glob.glob(f"{sweep_dir}/.submitit/*_*"))
     assert array_tasks == ["0", "1", "2", "3"]  # one SLURM array job, four tasks
-    # each job's process tree is gone: its processes, its background logger, its cgroup
+    # each job's process tree is gone (its runs were logged by the sweep's follower, on this side)
     for r in kids:
         assert not alive(int(r.data.tags["cnnexp.job_pid"]))
-    for pidfile in glob.glob(f"{sweep_dir}/*/tracking/agent.pid"):
-        assert not alive(int(Path(pidfile).read_text().split()[0]))
+        assert r.data.tags["cnnexp.sync_pid"] != r.data.tags["cnnexp.job_pid"]
     if slurm.proctrack == "proctrack/cgroup":  # SLURM removed each job's cgroup, killing what was in it
         array_id = Path(glob.glob(f"{sweep_dir}/.submitit/*_0")[0]).name.split("_")[0]
         ids = [f.split("=")[1] for f in slurm.run("scontrol", "show", "job", "-o", array_id).stdout.split()
@@ -83,8 +82,7 @@ def test_submitit_local_preset_runs_jobs_as_local_processes(tmp_path):
     (parent,), kids = sweep_runs(out)
     assert parent.data.tags["sweep.launcher"] == "CnnexpLocalLauncher"
     assert sorted(r.data.params["lr"] for r in kids) == ["0.001", "0.01"]
-    assert all(r.info.status == "FINISHED" and r.data.tags["hydra.overrides"].endswith("tracking.wait=true")
-               for r in kids)
+    assert all(r.info.status == "FINISHED" for r in kids)
 
 
 def wait_for(path_glob: str, proc: subprocess.Popen, timeout: float = 600) -> str:
@@ -114,7 +112,7 @@ def test_scancelled_job_ends_killed_and_a_second_sweep_resumes_it(slurm, tmp_pat
     log = first.communicate(timeout=900)[0]
     wait_logged(out)
     assert first.returncode == 1, log[-3000:]
-    assert "1 job(s) failed" in log and "CANCELLED" in log
+    assert "1 job(s) ended without a result" in log and "CANCELLED" in log
     (parent,), kids = sweep_runs(out)
     status = {r.data.params["lr"]: r for r in kids}
     assert status["0.005"].info.status == "FINISHED" and status["0.01"].info.status == "KILLED"

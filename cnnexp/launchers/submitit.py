@@ -17,6 +17,7 @@ from .. import checkpoint
 
 log = logging.getLogger(__name__)
 INIT_KEYS = ("submitit_folder", "max_num_timeout")
+LOST: list[str] = []  # jobs that ended without a result (cnnexp.cli exits 1 after the sweep when any did)
 
 
 def settings(launcher) -> dict[str, Any]:
@@ -61,7 +62,6 @@ def launch(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx: in
     log.info(f"Submitit '{launcher._EXECUTOR}' sweep output dir : {sweep_dir}")
     params = []
     for i, overrides in enumerate(job_overrides):
-        overrides = with_wait(overrides)
         idx = initial_job_idx + i
         log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
         params.append((list(overrides), "hydra.sweep.dir", idx, f"job_id_for_{idx}", Singleton.get_state()))
@@ -69,17 +69,9 @@ def launch(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx: in
     return [collect(job, idx, list(o)) for job, (o, _, idx, _, _) in zip(jobs, params)]
 
 
-def with_wait(overrides: Sequence[str]) -> list[str]:
-    """A cluster kills what a job leaves running when it ends: the job itself must finish its
-    MLflow logging before it exits (``tracking.wait=true``), unless told otherwise."""
-    if any(o.lstrip("+~").startswith("tracking.wait=") for o in overrides):
-        return list(overrides)
-    return [*overrides, "tracking.wait=true"]
-
-
 def collect(job, idx: int, overrides: list[str]):
     """The job's own JobReturn; for a job that left none, a JobReturn with no value (the sweep
-    goes on; Optuna tells the trial FAILED) and the job counted as failed."""
+    goes on; Optuna tells the trial FAILED) and the job listed in ``LOST``."""
     from hydra.core.utils import JobReturn, JobStatus
 
     try:
@@ -88,9 +80,7 @@ def collect(job, idx: int, overrides: list[str]):
         state = job.state
         why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         log.warning(f"cnnexp: job {idx} (submitit job {job.job_id}) ended without a result, state {state}: {why}")
-        from .. import cli
-
-        cli.FAILED_JOBS.append(f"{' '.join(overrides)} [{state}; log: {job.paths.stdout}]")
+        LOST.append(f"{' '.join(overrides)} [{state}; log: {job.paths.stdout}]")
         return JobReturn(overrides=overrides, status=JobStatus.COMPLETED, _return_value=None)  # as cnnexp's
         # own failed jobs: completed for Hydra, the value None marks the failure
 
