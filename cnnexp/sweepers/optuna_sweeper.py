@@ -19,7 +19,7 @@ from typing import Any
 from ..errors import ConfigError
 from ..urls import redact
 from .space import override, search_space
-from .study import make_pruner, make_sampler, plain, quiet_optuna, storage_url
+from .study import make_pruner, make_sampler, open_storage, plain, quiet_optuna, storage_url
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ class OptunaSweep:
         url = storage_url(cfg.get("storage"), str(sweep_dir))
         name = str(cfg.get("study_name") or "cnnexp")
         try:
-            study = optuna.create_study(study_name=name, storage=url, direction=cfg["direction"],
+            study = optuna.create_study(study_name=name, storage=open_storage(url), direction=cfg["direction"],
                                         sampler=make_sampler(cfg.get("sampler")),
                                         pruner=make_pruner(cfg.get("pruner")),
                                         load_if_exists=bool(cfg.get("load_if_exists", True)))

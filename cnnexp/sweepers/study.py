@@ -26,6 +26,24 @@ def storage_url(storage: str | None, sweep_dir: str) -> str:
     return "sqlite:///" + os.path.abspath(os.path.join(sweep_dir, DB_FILE))
 
 
+def open_storage(url: str, attempts: int = 6):
+    """Optuna's RDB storage for ``url``. Sweeps started at once on a new database race to create
+    its tables (PostgreSQL: a duplicate type or table error for all but one): try again, the
+    tables are there the next time."""
+    import time
+
+    import optuna
+    from sqlalchemy.exc import IntegrityError, ProgrammingError
+
+    for attempt in range(attempts):
+        try:
+            return optuna.storages.RDBStorage(url)
+        except (IntegrityError, ProgrammingError):
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.5 * (attempt + 1))
+
+
 def _build(kind: str, table: dict[str, str], spec: dict | None, default: str):
     import optuna
 
