@@ -16,6 +16,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from . import resume
 from .config import register_schemas
 from .errors import CnnexpError
 from .paths import conf_dir
@@ -98,6 +99,13 @@ def sigterm_as_interrupt():
         signal.signal(signal.SIGTERM, previous)
 
 
+def default_config() -> dict:
+    """The config without command-line overrides (resume= compares an experiment= with it)."""
+    from hydra import compose
+
+    return OmegaConf.to_container(compose(config_name="config"), resolve=True)
+
+
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
 def hydra_main(dcfg: DictConfig) -> float | None:
     from .app import load_checked_data, prepare, run
@@ -108,9 +116,10 @@ def hydra_main(dcfg: DictConfig) -> float | None:
     status, error = "FAILED", "the run ended without reporting why"
     try:  # the tracker's run always ends (finally): FINISHED, FAILED or KILLED, never RUNNING
         with sigterm_as_interrupt():
+            cfg, ckpt = resume.apply(cfg, info["overrides"], logger.info, default_config,  # resume=: its own config
+                                     os.path.join(info["output_dir"], "resume"))
             exp = prepare(cfg)  # config, data and checkpoint errors all come before the MLflow run
             data = load_checked_data(cfg, exp)
-            ckpt = resume_checkpoint(cfg, info)
             tracker = make_tracker(cfg, info)
             result = run(cfg, tracker=tracker, exp=exp, resume=ckpt, data=data,
                          checkpoint_dir=os.path.join(info["output_dir"], "checkpoints"))

@@ -64,6 +64,10 @@ class Config:
     eval_batch_size: int = 500
     resume: Optional[str] = None  # run id or checkpoint path to continue from
     plugins: List[str] = field(default_factory=list)  # modules to import: register your own layers
+    # workflow (cnnexp/progress.py, schedules.py, callbacks/): what prints, lr schedule, callbacks
+    verbose: Optional[int] = None  # 0 quiet, 1 epoch lines, 2 + live bar (terminal), 3 + the post's step lines
+    lr_scheduler: Any = field(default_factory=lambda: {"type": "none"})
+    callbacks: Any = field(default_factory=dict)  # {name: {type: early_stopping, monitor: ...}}
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optimizer: Any = field(default_factory=lambda: {"type": "sgd"})
@@ -112,6 +116,8 @@ def validate(cfg: dict) -> None:
     for k in ("epochs", "batch_size", "log_every", "eval_batch_size"):
         need(isinstance(cfg[k], int) and cfg[k] >= 1, k, cfg[k], "must be an integer >= 1")
     need(isinstance(cfg["seed"], int) and cfg["seed"] >= 0, "seed", cfg["seed"], "must be an integer >= 0")
+    need(cfg.get("verbose") in (None, 0, 1, 2, 3), "verbose", cfg.get("verbose"),
+         "use 0 (quiet), 1 (epoch lines), 2 (live bar on a terminal), 3 (the post's step lines) or null (auto)")
     d = cfg["data"]
     for k in ("train_size", "test_size"):
         need(d[k] is None or (isinstance(d[k], int) and d[k] >= 1), f"data.{k}", d[k],
