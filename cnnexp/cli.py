@@ -152,13 +152,10 @@ def hydra_main(dcfg: DictConfig) -> float | None:
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["runs"]:  # `cnnexp runs ...` = `python -m cnnexp.runs ...`
-        from .runs import main as runs_main
-
-        sys.exit(runs_main(argv[1:]))
-    from . import preflight
+    from . import commands, preflight
 
     try:
+        argv = commands.dispatch(argv)  # subcommands (runs, predict, ui), --help, --version: they exit
         preflight.check(argv, CONF_DIR)
     except CnnexpError as e:
         if debug():

@@ -94,7 +94,8 @@ def merge(saved: dict, current: dict, overrides: list[str], defaults: dict | Non
     keys = [k for k in (_key(o) for o in overrides) if k]
     if "experiment" in keys and defaults is not None:
         base, now = _leaves(defaults), _leaves(current)
-        keys += [k for k, v in now.items() if base.get(k, MISSING) != v]
+        diff = [k for k, v in now.items() if base.get(k, MISSING) != v]
+        keys += [k.split(".")[0] if k.split(".")[0] in GROUPS else k for k in diff]  # a group: its whole node
     for key in dict.fromkeys(k for k in keys if k != "experiment"):
         path = key.split(".")
         value = _get(current, path)
