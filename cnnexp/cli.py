@@ -66,22 +66,6 @@ def make_tracker(cfg: dict, info: dict):
     return MlflowTracker.start(cfg, info)
 
 
-def resume_checkpoint(cfg: dict, info: dict):
-    """``resume=`` a checkpoint file, a run directory or an MLflow run id -> Checkpoint (or None)."""
-    target = cfg.get("resume")
-    if not target:
-        return None
-    from . import checkpoint
-
-    if os.path.exists(target) or os.sep in str(target) or str(target).endswith(".npz"):
-        return checkpoint.load(target)
-    from .tracking import store
-
-    dst = os.path.join(info["output_dir"], "resume")
-    os.makedirs(dst, exist_ok=True)
-    return checkpoint.load(store.download_checkpoint(str(target), store.resolve_uri(cfg["tracking"].get("uri")), dst))
-
-
 @contextmanager
 def sigterm_as_interrupt():
     """SIGTERM raises KeyboardInterrupt (in the main thread), so runs end KILLED, not RUNNING."""
