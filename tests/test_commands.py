@@ -61,11 +61,24 @@ def test_completion_script_covers_both_forms(capsys):
     assert r.returncode == 0, r.stderr
 
 
+COMPLETE = r"""
+eval "$(cnnexp completion)"
+for line in "python -m cnnexp model=" "cnnexp train optimizer=" "cnnexp "; do
+  COMP_LINE="$line"; COMP_POINT=${#line}; read -a COMP_WORDS <<< "$line"; COMP_CWORD=$(( ${#COMP_WORDS[@]} - 1 ))
+  [ "${line: -1}" = " " ] && { COMP_WORDS+=(""); COMP_CWORD=$((COMP_CWORD+1)); }
+  _cnnexp_complete; echo "$line -> ${COMPREPLY[*]}"
+done
+"""
+
+
 @pytest.mark.slow
-def test_completion_query_answers_for_python_dash_m(tmp_path):
-    env = env_for(tmp_path / "outputs", COMP_LINE="cnnexp model=", COMP_POINT="13")
-    p = subprocess.run([sys.executable, "-m", "cnnexp", "-sc", "query=bash"], capture_output=True, text=True, env=env)
-    assert set(p.stdout.split()) >= {"model=seed", "model=lenet5", "model=keras_mnist"}, p.stderr
+def test_completion_in_bash_for_both_forms(tmp_path):
+    p = subprocess.run(["bash", "-c", COMPLETE], capture_output=True, text=True, env=env_for(tmp_path / "outputs"),
+                       timeout=600)
+    got = dict(line.split(" -> ") for line in p.stdout.splitlines())
+    assert got["python -m cnnexp model="].split() == ["model=keras_mnist", "model=lenet5", "model=seed"], p.stderr
+    assert got["cnnexp train optimizer="].split() == ["optimizer=adam", "optimizer=momentum", "optimizer=sgd"]
+    assert got["cnnexp "].split()[:4] == ["train", "runs", "predict", "ui"] and "lr_scheduler=" in got["cnnexp "]
 
 
 def test_read_images_from_npy_png_and_idx(tmp_path):
@@ -128,3 +141,20 @@ def test_predict_by_id_prefix_and_resume_prefix_errors(logged, tmp_path, capsys,
         assert label in "0123456789" and 0 < float(p) <= 1 and top.startswith(f"{label} ")
     assert predict.main(["0", str(tmp_path / "x.npy")]) == 2  # too short to be an id prefix
     assert "is not a run id" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_ui_serves_the_configured_store_on_localhost(logged, tmp_path):
+    import json
+    import urllib.request
+
+    from tracking_helpers import free_port, server
+
+    port = free_port()
+    cmd = [sys.executable, "-m", "cnnexp", "ui", "--port", str(port)]
+    with server(cmd, f"http://127.0.0.1:{port}/health", tmp_path / "ui.log", env=env_for(logged), timeout=180):
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/get-by-name"
+                                     f"?experiment_name=cnnexp")
+        with urllib.request.urlopen(req, timeout=30) as r:
+            assert json.load(r)["experiment"]["name"] == "cnnexp"  # the store the runs went to
+    assert f"MLflow UI for sqlite:///{logged / 'mlflow.db'} on http://127.0.0.1:{port}" in (tmp_path / "ui.log").read_text()
