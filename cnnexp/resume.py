@@ -116,6 +116,9 @@ def apply(cfg: dict, overrides: list[str], log: Callable[[str], None],
     target = cfg.get("resume")
     if not target:
         return cfg, None
+    # the text as typed: Hydra reads an id prefix such as 86e5951 as a float (inf)
+    typed = [o.split("=", 1)[1] for o in overrides if o.lstrip("+").startswith("resume=")]
+    target = typed[-1].strip("'\"") if typed else str(target)
     from .tracking import store
 
     ckpt = locate(str(target), store.resolve_uri(cfg["tracking"].get("uri")), workdir)

@@ -59,3 +59,19 @@ def test_resume_by_id_prefix_without_overrides_is_exact(tmp_path, reference):  #
     assert q.returncode == 0, q.stderr
     assert q.stdout.startswith(f"Resuming {done[:7]} with its own config: epochs=4 instead of 3\n")
     assert "epochs=4 instead of 3" in q.stdout and "--- Epoch 4 ---" in q.stdout and "--- Epoch 3 ---" not in q.stdout
+
+
+def test_the_typed_id_prefix_is_used_even_when_hydra_reads_it_as_a_number(monkeypatch):
+    seen = []
+
+    def fake_locate(target, uri, workdir):
+        seen.append(target)
+        from cnnexp.checkpoint import Checkpoint
+
+        return Checkpoint({}, {}, {"path": "x", "config": composed(["epochs=2"])})
+
+    monkeypatch.setattr("cnnexp.resume.locate", fake_locate)
+    from cnnexp.resume import apply
+
+    cfg, _ = apply({**composed(), "resume": "inf"}, ["resume=86e5951"], lambda s: None)  # 86e5951: a float to Hydra
+    assert seen == ["86e5951"] and cfg["resume"] == "86e5951" and cfg["epochs"] == 2
