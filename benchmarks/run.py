@@ -41,7 +41,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))  # post_reference.py (the floor)
-from cnnexp.tracking.journal import wait_for_agents  # noqa: E402
+from cnnexp.tracking.follower import wait_idle  # noqa: E402
 
 MODELS = ("seed", "lenet5", "keras_mnist")
 BATCHES = (1, 8, 32, 128)
@@ -161,7 +161,7 @@ def run_cli(args: list[str], outputs: str, env_extra: dict | None = None) -> dic
     p.returncode = os.waitstatus_to_exitcode(status)
     if p.returncode != 0:
         raise RuntimeError(f"python -m cnnexp {' '.join(args)} failed ({p.returncode}):\n{out[-3000:]}")
-    busy = wait_for_agents(outputs, timeout=600)  # the background MLflow logger (not timed in wall_s)
+    busy = wait_idle(outputs, timeout=600)  # the tracking follower (not timed in wall_s)
     logged = time.perf_counter() - t0
     if busy:
         raise RuntimeError(f"background MLflow logger still working after 600 s: {busy}")

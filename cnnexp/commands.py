@@ -16,6 +16,7 @@ SUBCOMMANDS = {
     "runs": "the latest sweep's runs (or the latest runs), best first, with full run ids",
     "predict": "labels and probabilities for images (IDX, .npy, PNG) from a logged run's model",
     "ui": "the MLflow UI on this project's store, on 127.0.0.1",
+    "sync": "log runs whose journal is not in the store yet (`cnnexp sync [folder]`)",
     "completion": "print the bash completion script (`eval \"$(cnnexp completion)\"`)",
 }
 
@@ -90,7 +91,7 @@ _cnnexp_complete() {
     rest="${rest# train}"
     local cur="${COMP_WORDS[COMP_CWORD]}" choices
     choices=$(COMP_LINE="cnnexp$rest" COMP_POINT=$((6 + ${#rest})) $run -sc query=bash 2>/dev/null)
-    if [ "$rest" = " $cur" ] || [ -z "${rest// }" ]; then choices="train runs predict ui $choices"; fi
+    if [ "$rest" = " $cur" ] || [ -z "${rest// }" ]; then choices="train runs predict ui sync $choices"; fi
     COMPREPLY=($(compgen -o nospace -W "$choices" -- "$cur"))
 }
 COMP_WORDBREAKS=${COMP_WORDBREAKS//=}
@@ -140,6 +141,10 @@ def dispatch(argv: list[str], check: bool = True) -> list[str]:
         import importlib
 
         sys.exit(importlib.import_module(f"cnnexp.{'ui_cmd' if head == 'ui' else head}").main(argv[1:]))
+    elif head == "sync":  # = python -m cnnexp.tracking sync [folder]
+        from .tracking.follower import main as sync_main
+
+        sys.exit(sync_main(argv))
     elif head == "completion":
         print(COMPLETION, end="")
         sys.exit(0)

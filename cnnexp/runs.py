@@ -130,7 +130,9 @@ class Source:
     def get_run(self, run_id: str):
         if self.db is not None:
             return self.rs.get_run(self.conn, self.rs.resolve_id(self.conn, run_id))
-        return self.client.get_run(run_id)
+        from .tracking import store
+
+        return self.client.get_run(store.resolve_run_id(self.client, run_id, self.uri))  # a prefix will do
 
     def latest_sweep(self):
         if self.db is not None:
