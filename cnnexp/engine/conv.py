@@ -15,6 +15,7 @@ unrolled product when the plan compiler chose it for that shape (``cnnexp.engine
 from __future__ import annotations
 
 import numpy as np
+from numpy.lib.stride_tricks import as_strided
 
 from ..layers.conv import windows
 from .buffers import Buffers
@@ -47,14 +48,32 @@ class ConvStage:
         self.padded = (self.pt, pb, self.pl, pr) != (0, 0, 0, 0)
         self.oh, self.ow, self.f = conv.output_shape
         self.act, self.pool, self.first = act, pool, first
+        # a pool tiling the conv output exactly reads it in blocks: rows of ``cols`` (and of the
+        # output) are ordered (n, a, b, oh/ph, ow/pw), so window offset (a, b) of every pooling
+        # tile is one contiguous block and pooling is an element-wise max/sum of blocks
+        self.blocks = (pool.ph, pool.pw) if pool is not None and pool.exact else None
+        if self.blocks:
+            pool.blocked = True
         self.bufs = Buffers()
         self.idx = self._take_index() if self.c == 1 else None
+
+    def _windows(self, x):
+        """The kernel windows of ``x`` in ``cols`` row order: (N, OH, OW, KH, KW, C), or
+        (N, PH, PW, OH/PH, OW/PW, KH, KW, C) in blocks."""
+        if self.blocks is None:
+            return windows(x, self.kh, self.kw, self.sh, self.sw)
+        ph, pw = self.blocks
+        n, _, _, c = x.shape
+        s0, s1, s2, s3 = x.strides
+        sh, sw = self.sh, self.sw
+        return as_strided(x, (n, ph, pw, self.oh // ph, self.ow // pw, self.kh, self.kw, c),
+                          (s0, s1 * sh, s2 * sw, s1 * sh * ph, s2 * sw * pw, s1, s2, s3), writeable=False)
 
     def _take_index(self):
         """Flat per-image index into the padded input of every ``cols`` entry (one channel)."""
         hp, wp = self.hpwp
         probe = np.arange(hp * wp, dtype=np.intp).reshape(1, hp, wp, 1)
-        return np.ascontiguousarray(windows(probe, self.kh, self.kw, self.sh, self.sw)).reshape(-1)
+        return np.ascontiguousarray(self._windows(probe)).reshape(-1)
 
     def _unroll(self, x):
         n = len(x)
@@ -67,7 +86,7 @@ class ConvStage:
         if self.idx is not None and x.flags.c_contiguous:
             np.take(x.reshape(n, -1), self.idx, axis=1, out=cols.reshape(n, -1), mode="clip")
         else:
-            v = windows(x, self.kh, self.kw, self.sh, self.sw)
+            v = self._windows(x)
             np.copyto(cols.reshape(v.shape), v)
         return cols
 
@@ -78,7 +97,8 @@ class ConvStage:
         np.matmul(cols, self.W.reshape(-1, self.f), out=y)
         if self.b is not None:
             y += self.b
-        y = y.reshape(n, self.oh, self.ow, self.f)
+        y = y.reshape((n, self.oh, self.ow, self.f) if self.blocks is None else
+                      (n,) + self.blocks + (self.oh // self.blocks[0], self.ow // self.blocks[1], self.f))
         if self.act is not None:
             self.act.forward(y)
         return self.pool.forward(y) if self.pool is not None else y
@@ -104,11 +124,23 @@ class ConvStage:
         np.copyto(wk.reshape(self.kh, self.kw, self.f, c), self.W.transpose(0, 1, 3, 2))
         t = self.bufs.get("t", (kk, len(dy2), c), dy2.dtype)
         np.matmul(dy2[None], wk, out=t)
-        t = t.reshape(kk, n, self.oh, self.ow, c)
         dxp = self.bufs.get("dxp", (n,) + self.hpwp + (c,), dy2.dtype, zero=True)
-        oh, ow, sh, sw = self.oh, self.ow, self.sh, self.sw
-        for i in range(self.kh):
-            for j in range(self.kw):
-                dxp[:, i:i + sh * oh:sh, j:j + sw * ow:sw, :] += t[i * self.kw + j]
+        sh, sw = self.sh, self.sw
+        if self.blocks is None:
+            t = t.reshape(kk, n, self.oh, self.ow, c)
+            oh, ow = self.oh, self.ow
+            for i in range(self.kh):
+                for j in range(self.kw):
+                    dxp[:, i:i + sh * oh:sh, j:j + sw * ow:sw, :] += t[i * self.kw + j]
+        else:
+            ph, pw = self.blocks
+            qh, qw = self.oh // ph, self.ow // pw
+            t = t.reshape(kk, n, ph, pw, qh, qw, c)
+            for a in range(ph):
+                for b in range(pw):
+                    for i in range(self.kh):
+                        for j in range(self.kw):
+                            r, q = a * sh + i, b * sw + j
+                            dxp[:, r:r + sh * ph * qh:sh * ph, q:q + sw * pw * qw:sw * pw, :] += t[i * self.kw + j, :, a, b]
         h, w = self.hw
         return dxp[:, self.pt:self.pt + h, self.pl:self.pl + w, :] if self.padded else dxp

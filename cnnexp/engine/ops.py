@@ -60,8 +60,11 @@ class PoolOp:
     """Max or average pooling of NHWC arrays, one strided slice per window offset (an
     element-wise maximum or sum of ``PH*PW`` views, never a reduction over a short axis)."""
 
-    def __init__(self, layer):
+    def __init__(self, layer, blocked: bool = False):
         self.kind = "max" if type(layer) is MaxPool2D else "avg"
+        #: input laid out (N, PH, PW, QH, QW, C) by a conv stage: window offset (a, b) is the
+        #: contiguous block [:, a, b] (only for tiling pools, see ``exact``)
+        self.blocked = blocked
         self.ph, self.pw, self.sh, self.sw = layer.ph, layer.pw, layer.sh, layer.sw
         self.in_shape, self.out_shape = layer.input_shape, layer.output_shape
         h, w, _ = self.in_shape
@@ -75,6 +78,11 @@ class PoolOp:
         return type(layer) in (MaxPool2D, AvgPool2D)
 
     def _slices(self, a):
+        if self.blocked:
+            for i in range(self.ph):
+                for j in range(self.pw):
+                    yield a[:, i, j]
+            return
         qh, qw, _ = self.out_shape
         for i in range(self.ph):
             for j in range(self.pw):

@@ -29,13 +29,13 @@ class DenseStage:
     def backward(self, dy):
         if self.act is not None:
             dy = self.act.backward(dy, self.bufs.get("dact", dy.shape, dy.dtype))
-        x = self.x
+        x, gWt = self.x, self.gW.T  # gWt is C-contiguous when W is stored column-major
         if len(dy) == 1:  # an outer product: cheaper than a BLAS call
-            np.multiply(x.T, dy, out=self.gW)
+            np.multiply(dy.T, x, out=gWt)
             if self.gb is not None:
                 np.copyto(self.gb, dy[0])
         else:
-            np.matmul(x.T, dy, out=self.gW)
+            np.matmul(dy.T, x, out=gWt)
             if self.gb is not None:
                 np.matmul(np.ones(len(dy), dy.dtype), dy, out=self.gb)
         return None if self.first else np.matmul(dy, self.W.T)

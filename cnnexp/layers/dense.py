@@ -47,7 +47,9 @@ class Dense(Layer):
 
     def init_params(self, rng, dtype):
         d = self.input_shape[0]
-        self.params["W"] = initialize(self.init, (d, self.units), d, self.units, rng, dtype)
+        # stored column-major (W.T contiguous): the same values; a batch's weight gradient
+        # dy.T @ x is then written contiguously
+        self.params["W"] = np.asfortranarray(initialize(self.init, (d, self.units), d, self.units, rng, dtype))
         if self.use_bias:
             self.params["b"] = initialize(self.bias_init, (self.units,), d, self.units, rng, dtype)
 
