@@ -264,3 +264,4 @@ def test_fast_engine_random_stacks_pass_finite_differences(seed):
             p[...] = 0.1 * rng.standard_normal(p.shape)
     x, y = batch(spec, 4)
     gradcheck.check_model(m, m.preprocess(x), y, max_per_param=200)
+

@@ -7,9 +7,6 @@ product into a kept output buffer, bias, activation and pooling in place. Backwa
 and activation gradients into kept buffers, ``dW = cols.T @ dy`` (in row chunks: thin products
 slow down past a few thousand rows), ``db`` as a matrix-vector product, and ``dx`` as one
 batched product per kernel offset plus one shifted add of whole rows per offset.
-
-A 3x3 stride-1 conv may compute its forward product with Winograd F(2x2, 3x3) instead of the
-unrolled product when the plan compiler chose it for that shape (``cnnexp.engine.winograd``).
 """
 
 from __future__ import annotations
