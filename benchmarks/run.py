@@ -155,8 +155,12 @@ def torch_round(keys, threads: int, channels_last: bool, seconds: float) -> dict
 def run_cli(args: list[str], outputs: str, env_extra: dict | None = None) -> dict:
     """``python -m cnnexp args`` with its wall time, peak RSS (this child only) and output."""
     env = {**os.environ, "CNNEXP_OUTPUTS": outputs, "CNNEXP_OFFLINE": "1", **(env_extra or {})}
+    # Linux carries a process's peak RSS across exec: a child spawned from this (large) process
+    # would report this process's peak. /usr/bin/time (small) reports its own child's peak.
+    rss_file = Path(outputs) / "peak_rss_kb"
+    timer = ["/usr/bin/time", "-f", "%M", "-o", str(rss_file)] if Path("/usr/bin/time").exists() else []
     t0 = time.perf_counter()
-    p = subprocess.Popen([sys.executable, "-m", "cnnexp", *args], stdout=subprocess.PIPE,
+    p = subprocess.Popen([*timer, sys.executable, "-m", "cnnexp", *args], stdout=subprocess.PIPE,
                          stderr=subprocess.STDOUT, text=True, env=env, cwd=str(ROOT))
     out = p.stdout.read()
     _, status, usage = os.wait4(p.pid, 0)
@@ -171,7 +175,7 @@ def run_cli(args: list[str], outputs: str, env_extra: dict | None = None) -> dic
     train_s = sum(float(s) for s in re.findall(r"images in ([0-9.]+) s", out))
     acc = re.findall(r"Test Accuracy: ([0-9.]+)", out)
     return {"wall_s": wall, "logged_s": logged, "cpu_s": usage.ru_utime + usage.ru_stime, "train_s": train_s,
-            "peak_rss_mb": usage.ru_maxrss / 1024,
+            "peak_rss_mb": (int(rss_file.read_text().split()[-1]) if timer else usage.ru_maxrss) / 1024,
             "test_acc": float(acc[-1]) if acc else None}
 
 
