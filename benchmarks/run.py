@@ -42,7 +42,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))  # post_reference.py (the floor)
 sys.path.insert(0, str(HERE))
 from cnnexp.engine import available_cores  # noqa: E402
-from cnnexp.tracking.journal import wait_for_agents  # noqa: E402
+from cnnexp.tracking.follower import wait_idle  # noqa: E402
 from stacks import MODELS, model_spec  # noqa: E402
 
 BATCHES = (1, 32, 128)
@@ -168,7 +168,7 @@ def run_cli(args: list[str], outputs: str, env_extra: dict | None = None) -> dic
     p.returncode = os.waitstatus_to_exitcode(status)
     if p.returncode != 0:
         raise RuntimeError(f"python -m cnnexp {' '.join(args)} failed ({p.returncode}):\n{out[-3000:]}")
-    busy = wait_for_agents(outputs, timeout=600)  # the background MLflow logger (not timed in wall_s)
+    busy = wait_idle(outputs, timeout=600)  # the tracking follower (not timed in wall_s)
     logged = time.perf_counter() - t0
     if busy:
         raise RuntimeError(f"background MLflow logger still working after 600 s: {busy}")

@@ -90,29 +90,59 @@ def check_fit(exp: Experiment, ds, splits) -> None:
                           f"{img_shape}; use model.input_shape=[{img_shape[0]},{img_shape[1]},1]")
 
 
+_signals = {"installed": 0, "training": False, "hits": 0}
+
+
 @contextmanager
-def graceful_stop():
-    """First SIGINT/SIGTERM: finish the current step, checkpoint, stop (``StopRequested``).
-    A second one interrupts at once. Only the main thread can own signal handlers."""
-    if threading.current_thread() is not threading.main_thread():
+def stop_on_signals():
+    """The one place cnnexp handles SIGINT and SIGTERM. While ``fit`` runs, the first signal
+    asks it to stop at the next step (``request_stop``: checkpoint, then ``StopRequested``);
+    outside training, or a second signal, raises KeyboardInterrupt at once. Nests (the entry
+    point and ``run`` both use it); only the main thread can own signal handlers."""
+    if threading.current_thread() is not threading.main_thread() or _signals["installed"]:
         yield
         return
-    hits = [0]
 
     def handler(signum, frame):
-        hits[0] += 1
-        if hits[0] > 1:
-            raise KeyboardInterrupt(f"signal {signum} (second)")
+        _signals["hits"] += 1
+        if not _signals["training"] or _signals["hits"] > 1:
+            raise KeyboardInterrupt(f"signal {signum}")
         request_stop()
 
-    clear_stop()
     previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    _signals["installed"] = 1
     try:
         yield
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
+        _signals["installed"] = 0
+
+
+@contextmanager
+def training():
+    """Signals stop ``fit`` gracefully inside this block."""
+    clear_stop()
+    _signals.update(training=True, hits=0)
+    try:
+        with stop_on_signals():
+            yield
+    finally:
+        _signals["training"] = False
         clear_stop()
+
+
+def dataset_info(ds, splits) -> dict:
+    """What the tracker records of the data: name, a digest of what was trained on, sizes."""
+    import hashlib
+
+    x, y = splits.train
+    h = hashlib.sha256(f"{ds.name}:{len(x)}:{len(splits.val[0])}:{len(splits.test[0])}".encode())
+    h.update(np.ascontiguousarray(x[:256]).tobytes())
+    h.update(np.asarray(y).tobytes())
+    return {"name": ds.name, "digest": h.hexdigest()[:8], "source_type": str(ds.source),
+            "location": str(ds.location), "train": len(x), "val": len(splits.val[0]),
+            "test": len(splits.test[0]), "shape": list(np.shape(x)[1:]), "classes": len(ds.class_names)}
 
 
 def load_checked_data(cfg: dict, exp: Experiment):
@@ -148,6 +178,7 @@ def run(cfg: dict, tracker: Tracker | None = None, log: Callable[[str], None] | 
     log(f"Data: {ds.name} from {ds.source} ({ds.location}); train {len(splits.train[0]):,}, "
         f"val {len(splits.val[0]):,}, test {len(splits.test[0]):,} images")
     tracker.set_tags({"data.source": ds.source, "data.location": str(ds.location)})
+    tracker.log_dataset(dataset_info(ds, splits))
     log("MNIST CNN initialized!" if ds.name.startswith("mnist") else f"{ds.name} CNN initialized!")
 
     def save(st: TrainState) -> None:
@@ -159,7 +190,7 @@ def run(cfg: dict, tracker: Tracker | None = None, log: Callable[[str], None] | 
     state = state or TrainState()
     try:
         # overflow shows up as a NaN/inf loss, which fit() reports with the step: no numpy warnings
-        with graceful_stop(), np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
+        with training(), np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
             state = fit(exp.model, exp.optimizer, splits, epochs=cfg["epochs"], batch_size=cfg["batch_size"],
                         seed=cfg["seed"], log_every=cfg["log_every"], eval_batch_size=cfg["eval_batch_size"],
                         tracker=tracker, log=log, state=state, on_epoch_end=save)

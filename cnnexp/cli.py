@@ -7,23 +7,19 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import sys
-import threading
-from contextlib import contextmanager
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from .config import register_schemas
-from .errors import CnnexpError
+from .errors import CnnexpError, TrackingError
 from .paths import conf_dir
 
 logger = logging.getLogger("cnnexp")
 register_schemas()
 CONF_DIR = str(conf_dir())
-FAILED_JOBS: list[str] = []
 
 
 def debug() -> bool:
@@ -49,20 +45,62 @@ def job_info() -> dict:
 
 
 def make_tracker(cfg: dict, info: dict):
-    """NullTracker, JournalTracker (a background process logs to MLflow) or MlflowTracker."""
-    from .tracking import store
+    """The run's journal and who sends it to MLflow: ``"sweep"`` (the sweep's follower),
+    ``"follower"`` (a background process started here) or ``"here"`` (this process, at the end:
+    ``tracking.wait=true``, ``tracking.background=false``, stores other than sqlite/http).
+    Returns ``(tracker, mode)``; a store that cannot work fails here, before training."""
+    from pathlib import Path
+
+    from .paths import outputs_dir
+    from .tracking import follower, store
     from .tracking.base import NullTracker
+    from .tracking.journal import SWEEP_FILE, JournalTracker
 
     tcfg = cfg["tracking"]
     if not tcfg["enabled"]:
-        return NullTracker()
-    if tcfg["background"] and store.precheck(store.resolve_uri(tcfg.get("uri"))):
-        from .tracking.journal import JournalTracker
+        return NullTracker(), None
+    uri = store.resolve_uri(tcfg.get("uri"))
+    checked = store.precheck(uri)
+    sweep_dir = Path(info["sweep_dir"]) if info.get("sweep_dir") else None
+    in_sweep = sweep_dir is not None and (sweep_dir / SWEEP_FILE).is_file()
+    if not in_sweep:
+        for folder, error in follower.unsynced()[:1]:
+            logger.warning(f"cnnexp: warning: an earlier run is not in the store yet ({error})")
+    tracker = JournalTracker.start(cfg, info, (sweep_dir if in_sweep else outputs_dir()) / "journals", uri)
+    mode = "sweep" if in_sweep else "follower" if checked and tcfg["background"] and not tcfg["wait"] else "here"
+    if mode == "follower" and not tracker.broken:
+        follower.spawn(tracker.folder)
+    return tracker, mode
 
-        return JournalTracker.start(cfg, info, os.path.join(info["output_dir"], "tracking"), wait=tcfg["wait"])
-    from .tracking.mlflow_tracker import MlflowTracker
 
-    return MlflowTracker.start(cfg, info)
+def deliver(tracker, mode: str | None) -> bool:
+    """After ``finish``: say where the run is (id and link), or what went wrong and the command
+    that logs it later. False when the run could not be logged here."""
+    from .tracking.journal import STATE, read_json
+    from .tracking.sync import describe, replay_command, sync
+
+    if mode is None or mode == "sweep" or tracker.broken:  # (a broken journal was reported when it broke)
+        return True
+    folder = tracker.folder
+    if mode == "here":
+        try:
+            logger.info(describe(sync(folder)))
+        except CnnexpError as e:
+            fail(e)
+            return False
+        return True
+    state = read_json(folder / STATE)
+    if state.get("error"):
+        print(f"cnnexp: error: {state['error']}", file=sys.stderr, flush=True)
+    elif state.get("run_id"):
+        from .tracking.store import link
+
+        logger.info(f"MLflow run {state['run_id']} (being logged in the background): "
+                    f"{link(state['uri'], state['experiment_id'], state['run_id'])}")
+    else:
+        logger.info(f"MLflow: the run is being logged in the background; to wait for it and see its id and "
+                    f"link: {replay_command(folder)}")
+    return True
 
 
 def resume_checkpoint(cfg: dict, info: dict):
@@ -81,52 +119,32 @@ def resume_checkpoint(cfg: dict, info: dict):
     return checkpoint.load(store.download_checkpoint(str(target), store.resolve_uri(cfg["tracking"].get("uri")), dst))
 
 
-@contextmanager
-def sigterm_as_interrupt():
-    """SIGTERM raises KeyboardInterrupt (in the main thread), so runs end KILLED, not RUNNING."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
 def hydra_main(dcfg: DictConfig) -> float | None:
     from .app import load_checked_data, prepare, run
 
     cfg = OmegaConf.to_container(dcfg, resolve=True)
     info = job_info()
-    tracker = None
+    tracker, mode, value, logged = None, None, None, True
     status, error = "FAILED", "the run ended without reporting why"
-    try:  # the tracker's run always ends (finally): FINISHED, FAILED or KILLED, never RUNNING
-        with sigterm_as_interrupt():
-            exp = prepare(cfg)  # config, data and checkpoint errors all come before the MLflow run
-            data = load_checked_data(cfg, exp)
-            ckpt = resume_checkpoint(cfg, info)
-            tracker = make_tracker(cfg, info)
-            result = run(cfg, tracker=tracker, exp=exp, resume=ckpt, data=data,
-                         checkpoint_dir=os.path.join(info["output_dir"], "checkpoints"))
-            tracker.log_results(result)  # weights, model, plots: needs the trained model
+    try:  # the journal always gets its end (finally): FINISHED, FAILED or KILLED
+        exp = prepare(cfg)  # config, data and checkpoint errors all come before the journal
+        data = load_checked_data(cfg, exp)
+        ckpt = resume_checkpoint(cfg, info)
+        tracker, mode = make_tracker(cfg, info)
+        result = run(cfg, tracker=tracker, exp=exp, resume=ckpt, data=data,
+                     checkpoint_dir=os.path.join(info["output_dir"], "checkpoints"))
+        tracker.log_results(result)  # weights, plot data: needs the trained model
         status, error = "FINISHED", None
         m = result["metrics"]
-        return float(m.get("val/acc", m.get("test/acc", float("nan"))))
+        value = float(m.get("val/acc", m.get("test/acc", float("nan"))))
     except CnnexpError as e:
         error = f"{type(e).__name__}: {e}"
         if debug():
             raise
         fail(e)
-        if info["multirun"]:  # let the other jobs of the sweep run; exit non-zero at the end
-            FAILED_JOBS.append(" ".join(info["overrides"]))
-            return None
-        sys.exit(e.exit_code)
+        if not info["multirun"]:  # a sweep's other jobs go on; the sweep exits non-zero at the end
+            sys.exit(e.exit_code)
     except KeyboardInterrupt:
         status, error = "KILLED", "interrupted (SIGINT/SIGTERM)"
         print("cnnexp: interrupted", file=sys.stderr, flush=True)
@@ -139,6 +157,10 @@ def hydra_main(dcfg: DictConfig) -> float | None:
     finally:
         if tracker is not None:
             tracker.finish(status, error)
+            logged = deliver(tracker, mode)
+    if not logged:
+        sys.exit(TrackingError.exit_code)
+    return value
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -147,7 +169,12 @@ def main(argv: list[str] | None = None) -> None:
         from .runs import main as runs_main
 
         sys.exit(runs_main(argv[1:]))
+    if argv[:1] == ["sync"]:  # `cnnexp sync [folder]` = `python -m cnnexp.tracking sync [folder]`
+        from .tracking.follower import main as sync_main
+
+        sys.exit(sync_main(argv))
     from . import preflight
+    from .app import stop_on_signals
 
     try:
         preflight.check(argv, CONF_DIR)
@@ -158,20 +185,11 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(e.exit_code)
     sys.argv = [sys.argv[0]] + list(argv)
     try:
-        with sigterm_as_interrupt():
+        with stop_on_signals():
             hydra_main()
-    except BaseException as e:  # a sweep cut short: end its parent run KILLED / FAILED
-        if "cnnexp.tracking.callbacks" in sys.modules:
-            sys.modules["cnnexp.tracking.callbacks"].close_open_sweeps(e)
-        if isinstance(e, KeyboardInterrupt):  # Ctrl-C in a parallel sweep: no traceback
-            print("cnnexp: interrupted", file=sys.stderr, flush=True)
-            sys.exit(130)
-        raise
-    callbacks = sys.modules.get("cnnexp.tracking.callbacks")  # knows the jobs of parallel workers too
-    failed = list(dict.fromkeys(FAILED_JOBS + (callbacks.FAILED_JOBS if callbacks else [])))
-    if failed:
-        print(f"cnnexp: {len(failed)} job(s) failed: " + "; ".join(failed), file=sys.stderr)
-        sys.exit(1)
+    except KeyboardInterrupt:  # Ctrl-C outside training, or in a parallel sweep: no traceback
+        print("cnnexp: interrupted", file=sys.stderr, flush=True)
+        sys.exit(130)
 
 
 if __name__ == "__main__":

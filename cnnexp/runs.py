@@ -107,7 +107,7 @@ def _when(ms: int | None) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m cnnexp.runs", description=__doc__.split("\n\n")[0])
     p.add_argument("--metric", default="test/acc", help="metric to sort by (default: test/acc)")
-    p.add_argument("--sweep", help="parent run id of the sweep (default: the latest sweep)")
+    p.add_argument("--sweep", help="parent run id of the sweep, or a unique prefix (default: the latest sweep)")
     p.add_argument("--experiment", default="cnnexp", help="experiment name (default: cnnexp)")
     p.add_argument("--uri", help="tracking URI (default: $MLFLOW_TRACKING_URI, else outputs/mlflow.db)")
     args = p.parse_args(argv)
@@ -136,9 +136,9 @@ def main(argv: list[str] | None = None) -> int:
         return fail(f"no runs yet: experiment {args.experiment!r} does not exist in {uri}")
     if args.sweep:
         try:
-            parent = client.get_run(args.sweep)
+            parent = client.get_run(store.resolve_run_id(client, args.sweep, uri))  # a unique prefix will do
         except Exception:  # noqa: BLE001
-            return fail(f"no run {args.sweep!r} in {uri}")
+            return fail(f"no run {args.sweep!r} in {uri} (or the prefix matches several)")
     else:
         found = client.search_runs([exp.experiment_id], "tags.`cnnexp.role` = 'sweep'",
                                    order_by=["attributes.start_time DESC"], max_results=1)
