@@ -64,6 +64,8 @@ class Config:
     eval_batch_size: int = 500
     resume: Optional[str] = None  # run id or checkpoint path to continue from
     plugins: List[str] = field(default_factory=list)  # modules to import: register your own layers
+    engine: str = "fast"  # how the layers run: fast (compiled plan, all cores) | reference (layer by layer)
+    threads: Any = "auto"  # fast engine worker threads: auto (the cores this process may use) | N
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optimizer: Any = field(default_factory=lambda: {"type": "sgd"})
@@ -111,6 +113,10 @@ def validate(cfg: dict) -> None:
          "must be a number > 0 (the post uses lr=0.005)")
     for k in ("epochs", "batch_size", "log_every", "eval_batch_size"):
         need(isinstance(cfg[k], int) and cfg[k] >= 1, k, cfg[k], "must be an integer >= 1")
+    need(cfg.get("engine", "fast") in ("fast", "reference"), "engine", cfg.get("engine"), "use fast or reference")
+    th = cfg.get("threads", "auto")
+    need(th == "auto" or (isinstance(th, int) and not isinstance(th, bool) and th >= 1), "threads", th,
+         "use auto or an integer >= 1")
     need(isinstance(cfg["seed"], int) and cfg["seed"] >= 0, "seed", cfg["seed"], "must be an integer >= 0")
     d = cfg["data"]
     for k in ("train_size", "test_size"):
