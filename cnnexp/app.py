@@ -56,8 +56,8 @@ def prepare(cfg: dict) -> Experiment:
     validate(cfg)
     import_plugins(cfg.get("plugins", []))
     d = cfg["data"]
-    model = build_model(cfg["model"], seed=cfg["seed"], dtype=cfg["model"]["dtype"],
-                        scale=d["scale"], shift=d["shift"])
+    model = build_model(cfg["model"], seed=cfg["seed"], dtype=cfg["model"]["dtype"], scale=d["scale"],
+                        shift=d["shift"], engine=cfg.get("engine"), threads=cfg.get("threads"))
     if model.loss_layer is None:
         raise ConfigError(f"model.layers: the last layer must be 'softmax' (it carries the loss), "
                           f"got {model.layers[-1].name!r}")
