@@ -60,7 +60,7 @@ class Config:
     epochs: int = 3
     batch_size: int = 1
     seed: int = 0
-    log_every: int = 100  # images between progress lines / train metrics
+    log_every: int = 100  # optimizer steps between progress lines / train metrics
     eval_batch_size: int = 500
     resume: Optional[str] = None  # run id or checkpoint path to continue from
     plugins: List[str] = field(default_factory=list)  # modules to import: register your own layers
