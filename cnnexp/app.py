@@ -12,7 +12,7 @@ import signal
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -25,6 +25,8 @@ from .errors import ConfigError
 from .model import Model, build_model
 from .optimizers import Optimizer, build_optimizer
 from .tracking.base import NullTracker, Tracker
+from .callbacks.extras import build_extras, check_resumable, save_best
+from .progress import Progress
 from .train import StopRequested, TrainState, clear_stop, fit, request_stop
 
 logger = logging.getLogger("cnnexp")
@@ -35,6 +37,8 @@ class Experiment:
     cfg: dict
     model: Model
     optimizer: Optimizer
+    schedule: Any = None  # cnnexp.schedules.Schedule (lr_scheduler)
+    callbacks: dict = field(default_factory=dict)  # name -> cnnexp.callbacks.Callback
 
 
 def import_plugins(modules: list[str]) -> None:
@@ -52,8 +56,8 @@ def prepare(cfg: dict) -> Experiment:
     validate(cfg)
     import_plugins(cfg.get("plugins", []))
     d = cfg["data"]
-    model = build_model(cfg["model"], seed=cfg["seed"], dtype=cfg["model"]["dtype"],
-                        scale=d["scale"], shift=d["shift"])
+    model = build_model(cfg["model"], seed=cfg["seed"], dtype=cfg["model"]["dtype"], scale=d["scale"],
+                        shift=d["shift"], engine=cfg.get("engine"), threads=cfg.get("threads"))
     if model.loss_layer is None:
         raise ConfigError(f"model.layers: the last layer must be 'softmax' (it carries the loss), "
                           f"got {model.layers[-1].name!r}")
@@ -62,7 +66,7 @@ def prepare(cfg: dict) -> Experiment:
     from .registry import DATASETS
 
     DATASETS.get(d["name"])  # unknown data set: fail now, with the known names
-    return Experiment(cfg, model, optimizer)
+    return Experiment(cfg, model, optimizer, *build_extras(cfg))
 
 
 def load_data(cfg: dict):
@@ -175,6 +179,7 @@ def run(cfg: dict, tracker: Tracker | None = None, log: Callable[[str], None] | 
             raise ConfigError(f"the checkpoint {resume.meta['path']} has already finished epoch {state.epoch}; "
                               f"nothing to resume with epochs={cfg['epochs']} (raise epochs to train further)")
         where = f"epoch {state.epoch + 1}, image {state.pos}" if state.pos else f"the end of epoch {state.epoch}"
+        check_resumable(state, resume.meta["path"], exp.callbacks)
         log(f"Resuming from {resume.meta['path']} at {where} (step {state.step})")
         tracker.set_tags({"resumed_from": resume.meta["path"]})
     log(f"Data: {ds.name} from {ds.source} ({ds.location}); train {len(splits.train[0]):,}, "
@@ -187,6 +192,8 @@ def run(cfg: dict, tracker: Tracker | None = None, log: Callable[[str], None] | 
         if checkpoint_dir is not None:
             path = checkpoint.save(Path(checkpoint_dir) / checkpoint.LAST, exp.model, exp.optimizer, st, cfg)
             tracker.log_artifact(path, "checkpoints")
+            for best in save_best(exp.callbacks, checkpoint_dir, exp.model, exp.optimizer, st, cfg):
+                tracker.log_artifact(best, "checkpoints")
 
     def epoch_end(st: TrainState) -> None:
         save(st)
@@ -200,7 +207,8 @@ def run(cfg: dict, tracker: Tracker | None = None, log: Callable[[str], None] | 
         with training(), np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
             state = fit(exp.model, exp.optimizer, splits, epochs=cfg["epochs"], batch_size=cfg["batch_size"],
                         seed=cfg["seed"], log_every=cfg["log_every"], eval_batch_size=cfg["eval_batch_size"],
-                        tracker=tracker, log=log, state=state, on_epoch_end=epoch_end)
+                        tracker=tracker, log=log, state=state, on_epoch_end=epoch_end, schedule=exp.schedule,
+                        callbacks=exp.callbacks, progress=Progress(cfg.get("verbose", 3), log))
     except StopRequested as e:
         save(state)
         if checkpoint_dir is not None:

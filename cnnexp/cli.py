@@ -13,6 +13,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from . import resume
 from .config import register_schemas
 from .errors import CnnexpError, TrackingError
 from .paths import conf_dir
@@ -103,20 +104,11 @@ def deliver(tracker, mode: str | None) -> bool:
     return True
 
 
-def resume_checkpoint(cfg: dict, info: dict):
-    """``resume=`` a checkpoint file, a run directory or an MLflow run id -> Checkpoint (or None)."""
-    target = cfg.get("resume")
-    if not target:
-        return None
-    from . import checkpoint
+def default_config() -> dict:
+    """The config without command-line overrides (resume= compares an experiment= with it)."""
+    from hydra import compose
 
-    if os.path.exists(target) or os.sep in str(target) or str(target).endswith(".npz"):
-        return checkpoint.load(target)
-    from .tracking import store
-
-    dst = os.path.join(info["output_dir"], "resume")
-    os.makedirs(dst, exist_ok=True)
-    return checkpoint.load(store.download_checkpoint(str(target), store.resolve_uri(cfg["tracking"].get("uri")), dst))
+    return OmegaConf.to_container(compose(config_name="config"), resolve=True)
 
 
 def optuna_trial(cfg: dict):
@@ -139,9 +131,10 @@ def hydra_main(dcfg: DictConfig) -> float | None:
     tracker, mode, value, logged = None, None, None, True
     status, error = "FAILED", "the run ended without reporting why"
     try:  # the journal always gets its end (finally): FINISHED, FAILED or KILLED
+        cfg, ckpt = resume.apply(cfg, info["overrides"], logger.info, default_config,  # resume=: its own config
+                                 os.path.join(info["output_dir"], "resume"))
         exp = prepare(cfg)  # config, data and checkpoint errors all come before the journal
         data = load_checked_data(cfg, exp)
-        ckpt = resume_checkpoint(cfg, info)
         trial = optuna_trial(cfg)
         tracker, mode = make_tracker(cfg, info)
         result = run(cfg, tracker=tracker, exp=exp, resume=ckpt, data=data, on_epoch_end=trial,
@@ -184,21 +177,14 @@ def hydra_main(dcfg: DictConfig) -> float | None:
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["runs"]:  # `cnnexp runs ...` = `python -m cnnexp.runs ...`
-        from .runs import main as runs_main
-
-        sys.exit(runs_main(argv[1:]))
-    if argv[:1] == ["sync"]:  # `cnnexp sync [folder]` = `python -m cnnexp.tracking sync [folder]`
-        from .tracking.follower import main as sync_main
-
-        sys.exit(sync_main(argv))
     from hydra_plugins.cnnexp_plugins import register
 
-    from . import preflight
+    from . import commands, preflight
     from .app import stop_on_signals
 
-    register()  # cnnexp's sweeper and launchers (an editable install hides them from Hydra's scan)
     try:
+        argv = commands.dispatch(argv)  # subcommands (runs, predict, ui), --help, --version: they exit
+        register()  # cnnexp's sweeper and launchers (an editable install hides them from Hydra's scan)
         preflight.check(argv, CONF_DIR)
     except CnnexpError as e:
         if debug():

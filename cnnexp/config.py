@@ -76,10 +76,16 @@ class Config:
     epochs: int = 3
     batch_size: int = 1
     seed: int = 0
-    log_every: int = 100  # images between progress lines / train metrics
+    log_every: int = 100  # optimizer steps between progress lines / train metrics
     eval_batch_size: int = 500
     resume: Optional[str] = None  # run id or checkpoint path to continue from
     plugins: List[str] = field(default_factory=list)  # modules to import: register your own layers
+    engine: str = "fast"  # how the layers run: fast (compiled plan, all cores) | reference (layer by layer)
+    threads: Any = "auto"  # fast engine worker threads: auto (the cores this process may use) | N
+    # workflow (cnnexp/progress.py, schedules.py, callbacks/): what prints, lr schedule, callbacks
+    verbose: Optional[int] = None  # 0 quiet, 1 epoch lines, 2 + live bar (terminal), 3 + the post's step lines
+    lr_scheduler: Any = field(default_factory=lambda: {"type": "none"})
+    callbacks: Any = field(default_factory=dict)  # {name: {type: early_stopping, monitor: ...}}
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optimizer: Any = field(default_factory=lambda: {"type": "sgd"})
@@ -129,7 +135,13 @@ def validate(cfg: dict) -> None:
          "must be a number > 0 (the post uses lr=0.005)")
     for k in ("epochs", "batch_size", "log_every", "eval_batch_size"):
         need(isinstance(cfg[k], int) and cfg[k] >= 1, k, cfg[k], "must be an integer >= 1")
+    need(cfg.get("engine", "fast") in ("fast", "reference"), "engine", cfg.get("engine"), "use fast or reference")
+    th = cfg.get("threads", "auto")
+    need(th == "auto" or (isinstance(th, int) and not isinstance(th, bool) and th >= 1), "threads", th,
+         "use auto or an integer >= 1")
     need(isinstance(cfg["seed"], int) and cfg["seed"] >= 0, "seed", cfg["seed"], "must be an integer >= 0")
+    need(cfg.get("verbose") in (None, 0, 1, 2, 3), "verbose", cfg.get("verbose"),
+         "use 0 (quiet), 1 (epoch lines), 2 (live bar on a terminal), 3 (the post's step lines) or null (auto)")
     d = cfg["data"]
     for k in ("train_size", "test_size"):
         need(d[k] is None or (isinstance(d[k], int) and d[k] >= 1), f"data.{k}", d[k],

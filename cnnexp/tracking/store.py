@@ -22,8 +22,6 @@ import os
 import random
 import re
 import time
-import urllib.error
-import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, TypeVar
@@ -107,6 +105,9 @@ def ensure_store(uri: str) -> None:
 
 def check_server(uri: str) -> None:
     """An MLflow server answers ``/health`` at ``uri`` (milliseconds; no MLflow import)."""
+    import urllib.error  # here: `cnnexp runs` reads SQLite and should not pay for http imports
+    import urllib.request
+
     try:
         urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=10).close()
     except (urllib.error.URLError, OSError) as e:

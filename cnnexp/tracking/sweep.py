@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from ..errors import TrackingError
+from ..paths import outputs_dir
 from . import mlflow_run, store
 from .journal import (JOURNAL, STATE, SWEEP_FILE, alive, first_event, folders, identity, new_key, read_json,
                       register, unregister, write_json)
@@ -31,7 +32,8 @@ def begin(sweep_dir: Path, tracking: dict, info: dict) -> dict:
     """Write ``sweep.json`` (called by the sweep before its jobs); returns it."""
     sweep_dir.mkdir(parents=True, exist_ok=True)
     sw = {"key": new_key(), **identity(), "time": time.time(), "uri": store.resolve_uri(tracking.get("uri")),
-          "tracking": tracking, "info": info, "sweep_dir": str(sweep_dir.resolve()), "ended": False}
+          "tracking": tracking, "info": info, "sweep_dir": str(sweep_dir.resolve()), "ended": False,
+          "outputs": str(outputs_dir())}
     write_json(sweep_dir / SWEEP_FILE, sw)
     register(sweep_dir)
     return sw
