@@ -1,22 +1,21 @@
 """cnnexp's benchmark suite (run by hand; never a timed unit test).
 
-    python benchmarks/run.py              # full run (~17 min), writes RESULTS.md too
-    python benchmarks/run.py --quick      # a fast smoke run (short timings, no 60k epochs)
+    python benchmarks/run.py              # the engine table, 3 alternating rounds, writes RESULTS.md
+    python benchmarks/run.py --quick      # the same table in a few minutes (1 round, short timings)
+    python benchmarks/run.py --tracking   # also: tracking cost of the CLI in every tracking mode
+    python benchmarks/run.py --scaling    # also: epoch time vs train size / batch size (scaling.png)
     python benchmarks/run.py --out f.json # JSON somewhere else (default benchmarks/results/latest.json)
 
-Measures, for model=seed, lenet5, keras_mnist (the conf/model yaml, built by
-``cnnexp.model.build_model``, trained by ``cnnexp.train.fit`` with the configured SGD):
-training images/s at batch 1, 8, 32, 128 and inference images/s at batch 1000 (``evaluate``);
-the default experiment and 5 epochs on the MNIST sample end to end (``python -m cnnexp``
-subprocesses, alternating the tracking modes: background logger, ``tracking.wait=true``,
-in-process, off; the time until the MLflow run is complete is measured too);
-one full 60k-image batch-1 epoch of the seed net on Fashion-MNIST with its peak memory and test
-accuracy; the post's loop code as the floor; time per epoch against train size and batch size
-(plot: benchmarks/scaling.png, with the linear slope). PyTorch CPU (optional: ``pip install
-torch==2.13.0``) runs the same nets in the same run, alternating with cnnexp round by round, at
-each of NCHW/channels_last x 1/2 threads; the table gives medians, PyTorch's best setting per
-row and the ratio. Throughput rows use random uint8 images (speed does not depend on pixel
-values); the 60k epoch uses the real data.
+The engine table: for the three presets (conf/model/) and three stacks that are none of them
+(benchmarks/stacks.py), built by ``cnnexp.model.build_model`` (engine=fast, threads=auto) and
+trained by ``cnnexp.train.fit`` with SGD: training images/s at batch 1, 32, 128 and inference
+images/s at batch 1000 (``evaluate``). PyTorch CPU (``pip install torch==2.13.0``) runs the
+same nets (benchmarks/torch_peer.py) in the same run, alternating with cnnexp round by round, at
+each of NCHW/channels_last x 1/all threads; the table gives medians and the ratio to PyTorch's
+best setting per cell. Also: thread scaling (keras_mnist, batch 128, 1 thread against all, in the
+same rounds), one full 60k-image batch-1 epoch of the seed net on Fashion-MNIST through
+``python -m cnnexp`` (training seconds, peak RSS, test accuracy), and the post's loop code as
+the floor. Throughput rows use random uint8 images (speed does not depend on pixel values).
 """
 
 from __future__ import annotations
@@ -41,13 +40,17 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))  # post_reference.py (the floor)
-from cnnexp.tracking.journal import wait_for_agents  # noqa: E402
+sys.path.insert(0, str(HERE))
+from cnnexp.engine import available_cores  # noqa: E402
+from cnnexp.tracking.follower import wait_idle  # noqa: E402
+from stacks import MODELS, model_spec  # noqa: E402
 
-MODELS = ("seed", "lenet5", "keras_mnist")
-BATCHES = (1, 8, 32, 128)
+BATCHES = (1, 32, 128)
 INFER_BATCH = 1000
 FASHION = "/usr/share/datasets/fashion-mnist"
-TORCH_SETTINGS = [(1, False), (1, True), (2, False), (2, True)]  # (threads, channels_last)
+CORES = available_cores()
+TORCH_SETTINGS = [(1, False), (1, True), (CORES, False), (CORES, True)]  # (threads, channels_last)
+SCALING_ROW = ("keras_mnist", 128)  # thread scaling: training at this batch, 1 thread against all
 
 
 def log(msg: str) -> None:
@@ -56,18 +59,12 @@ def log(msg: str) -> None:
 
 # -- cnnexp ----------------------------------------------------------------------------------
 
-def model_spec(name: str) -> dict:
-    from omegaconf import OmegaConf
-
-    return OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "model" / f"{name}.yaml"))
-
-
 def random_images(n: int, seed: int = 0):
     rng = np.random.default_rng(seed)
     return rng.integers(0, 256, (n, 28, 28), dtype=np.uint8), rng.integers(0, 10, n)
 
 
-def cnnexp_train_rate(name: str, batch: int, seconds: float) -> float:
+def cnnexp_train_rate(name: str, batch: int, seconds: float, threads="auto") -> float:
     """Images/s of ``fit`` (the real loop: shuffling, train_step, SGD step, loss bookkeeping),
     over an epoch sized to last about ``seconds`` after a calibration epoch."""
     from cnnexp.model import build_model
@@ -78,7 +75,7 @@ def cnnexp_train_rate(name: str, batch: int, seconds: float) -> float:
     empty = (images[:0], labels[:0])
 
     def run(n):
-        model = build_model(model_spec(name), seed=0, scale=1 / 255, shift=-0.5)
+        model = build_model(model_spec(name), seed=0, scale=1 / 255, shift=-0.5, threads=threads)
         opt = build_optimizer({"type": "sgd"}, 0.005)
         splits = SimpleNamespace(train=(images[:n], labels[:n]), val=empty, test=empty)
         st = fit(model, opt, splits, epochs=1, batch_size=batch, log=lambda s: None, log_every=10**9)
@@ -112,6 +109,12 @@ def cnnexp_round(seconds: float, models=MODELS) -> dict:
             out[f"{name}/train/{b}"] = cnnexp_train_rate(name, b, seconds)
         out[f"{name}/infer/{INFER_BATCH}"] = cnnexp_infer_rate(name, seconds)
     return out
+
+
+def scaling_round(seconds: float) -> dict:
+    """Training images/s of SCALING_ROW at 1 thread and at all threads, back to back."""
+    name, b = SCALING_ROW
+    return {t: cnnexp_train_rate(name, b, seconds, threads=t) for t in (1, CORES)}
 
 
 # -- PyTorch ---------------------------------------------------------------------------------
@@ -152,8 +155,12 @@ def torch_round(keys, threads: int, channels_last: bool, seconds: float) -> dict
 def run_cli(args: list[str], outputs: str, env_extra: dict | None = None) -> dict:
     """``python -m cnnexp args`` with its wall time, peak RSS (this child only) and output."""
     env = {**os.environ, "CNNEXP_OUTPUTS": outputs, "CNNEXP_OFFLINE": "1", **(env_extra or {})}
+    # Linux carries a process's peak RSS across exec: a child spawned from this (large) process
+    # would report this process's peak. /usr/bin/time (small) reports its own child's peak.
+    rss_file = Path(outputs) / "peak_rss_kb"
+    timer = ["/usr/bin/time", "-f", "%M", "-o", str(rss_file)] if Path("/usr/bin/time").exists() else []
     t0 = time.perf_counter()
-    p = subprocess.Popen([sys.executable, "-m", "cnnexp", *args], stdout=subprocess.PIPE,
+    p = subprocess.Popen([*timer, sys.executable, "-m", "cnnexp", *args], stdout=subprocess.PIPE,
                          stderr=subprocess.STDOUT, text=True, env=env, cwd=str(ROOT))
     out = p.stdout.read()
     _, status, usage = os.wait4(p.pid, 0)
@@ -161,14 +168,14 @@ def run_cli(args: list[str], outputs: str, env_extra: dict | None = None) -> dic
     p.returncode = os.waitstatus_to_exitcode(status)
     if p.returncode != 0:
         raise RuntimeError(f"python -m cnnexp {' '.join(args)} failed ({p.returncode}):\n{out[-3000:]}")
-    busy = wait_for_agents(outputs, timeout=600)  # the background MLflow logger (not timed in wall_s)
+    busy = wait_idle(outputs, timeout=600)  # the tracking follower (not timed in wall_s)
     logged = time.perf_counter() - t0
     if busy:
         raise RuntimeError(f"background MLflow logger still working after 600 s: {busy}")
     train_s = sum(float(s) for s in re.findall(r"images in ([0-9.]+) s", out))
     acc = re.findall(r"Test Accuracy: ([0-9.]+)", out)
     return {"wall_s": wall, "logged_s": logged, "cpu_s": usage.ru_utime + usage.ru_stime, "train_s": train_s,
-            "peak_rss_mb": usage.ru_maxrss / 1024,
+            "peak_rss_mb": (int(rss_file.read_text().split()[-1]) if timer else usage.ru_maxrss) / 1024,
             "test_acc": float(acc[-1]) if acc else None}
 
 
@@ -316,7 +323,7 @@ def environment() -> dict:
     return {"date": dt.datetime.now().isoformat(timespec="seconds"), "machine": platform.machine(),
             "cpu": _cpu_name(), "cores": os.cpu_count(), "python": platform.python_version(),
             "numpy": numpy.__version__, "blas": blas, "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE"),
-            "cnnexp_threads": __import__("cnnexp.model", fromlist=["x"]).default_threads()}
+            "cnnexp_threads": CORES}
 
 
 def _cpu_name() -> str:
@@ -329,112 +336,116 @@ def _cpu_name() -> str:
     return platform.processor() or "unknown"
 
 
-def coretype_difference(seconds: float) -> dict:
-    """Seed net batch 1 and 128 in a child with OPENBLAS_CORETYPE unset (if it is set here)."""
-    if not os.environ.get("OPENBLAS_CORETYPE"):
-        return {"note": "OPENBLAS_CORETYPE is not set on this machine; OpenBLAS picks its kernel itself"}
-    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_CORETYPE"}
-    code = f"import sys, json; sys.path.insert(0, {str(HERE)!r}); import run; " \
-           f"print(json.dumps({{b: run.cnnexp_train_rate('seed', b, {seconds}) for b in (1, 128)}}))"
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
-    return {"without_coretype": json.loads(r.stdout.strip().splitlines()[-1]) if r.returncode == 0 else r.stderr[-500:]}
-
-
 # -- report ----------------------------------------------------------------------------------
 
-TARGETS = {"seed/train/1": 4.0, "seed/train/32": 2.5, "seed/train/128": 2.0, "seed/infer/1000": 2.0,
-           "keras_mnist/train/32": 1.0, "keras_mnist/train/128": 1.0}
+#: the issue's targets: cnnexp / PyTorch's best setting, per model and column
+COLUMNS = [f"train/{b}" for b in BATCHES] + [f"infer/{INFER_BATCH}"]
+TARGETS = {"seed": (5.0, 3.0, 2.5, 2.5), "lenet5": (1.5, 1.25, 1.25, 1.25), "keras_mnist": (1.25,) * 4}
+CUSTOM_TARGET = 1.0
+EPOCH_TARGET_S, EPOCH_RSS_MB, SCALING_TARGET = 4.0, 300, 1.6
+
+
+def ratio(res: dict, key: str):
+    t = res.get("torch", {}).get(key)
+    if not t:
+        return None, None
+    best = max(t, key=lambda k: t[k])
+    return res["cnnexp"][key] / t[best], best
 
 
 def table(res: dict) -> str:
     env = res["env"]
     blas = env["blas"][0] if env["blas"] else {}
-    lines = [f"Measured {env['date']} on {env['cpu']} ({env['cores']} cores), Python {env['python']}, "
-             f"numpy {env['numpy']}, {blas.get('internal_api')} {blas.get('version')} "
-             f"({blas.get('architecture')} kernel, {blas.get('num_threads')} BLAS threads by default; cnnexp runs "
-             f"BLAS single-threaded and uses {env['cnnexp_threads']} threads itself), "
-             f"OPENBLAS_CORETYPE={env['OPENBLAS_CORETYPE'] or 'unset'}. "
+    lines = [f"Measured {env['date']} on {env['cpu']} ({env['cores']} cores, {CORES} usable by this process; "
+             "the machine is shared: other processes were running), "
+             f"Python {env['python']}, numpy {env['numpy']}, {blas.get('internal_api')} {blas.get('version')}; "
+             f"cnnexp engine=fast, threads=auto ({CORES}), BLAS single-threaded inside. "
              f"PyTorch: {res.get('torch_version') or 'not installed (its rows are skipped)'}. "
-             f"Medians of {res['rounds']} alternating rounds.", ""]
-    lines += ["| model | measurement | cnnexp img/s | PyTorch best img/s (setting) | ratio | target |",
-              "|---|---|---:|---:|---:|---|"]
+             f"Medians of {res['rounds']} alternating rounds{' (--quick)' if res.get('quick') else ''}.", "",
+             "Ratio cnnexp / PyTorch's best setting (target in brackets):", "",
+             "| model | train b1 | train b32 | train b128 | inference b1000 |", "|---|---|---|---|---|"]
+    for name in MODELS:
+        cells = []
+        for i, col in enumerate(COLUMNS):
+            r, _ = ratio(res, f"{name}/{col}")
+            tgt = TARGETS.get(name, (CUSTOM_TARGET,) * 4)[i]
+            cells.append("-" if r is None else f"{r:.2f}x (>= {tgt:g}: {'met' if r >= tgt else 'MISSED'})")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", "| model | measurement | cnnexp img/s | PyTorch best img/s (setting) | ratio |", "|---|---|---:|---:|---:|"]
     for key, med in res["cnnexp"].items():
         name, mode, b = key.split("/")
-        t = res.get("torch", {}).get(key)
-        if t:
-            best = max(t, key=lambda s: t[s])
-            ratio = med / t[best]
-            tcell, rcell = f"{t[best]:,.0f} ({best})", f"{ratio:.2f}x"
-        else:
-            tcell, rcell, ratio = "skipped", "-", None
-        tgt = TARGETS.get(key)
-        tg = "-" if tgt is None else (f">= {tgt:g}x: " + ("met" if ratio and ratio >= tgt else "MISSED" if ratio else "n/a"))
+        r, best = ratio(res, key)
+        tcell = f"{res['torch'][key][best]:,.0f} ({best})" if best else "skipped"
         what = f"train, batch {b}" if mode == "train" else f"inference, batch {b}"
-        lines.append(f"| {name} | {what} | {med:,.0f} | {tcell} | {rcell} | {tg} |")
+        lines.append(f"| {name} | {what} | {med:,.0f} | {tcell} | {'-' if r is None else f'{r:.2f}x'} |")
     if res.get("floor"):
-        lines.append(f"| seed | post's loop code (floor), batch 1 | {res['floor']:,.0f} | - | - | - |")
+        lines.append(f"| seed | post's loop code (floor), batch 1 | {res['floor']:,.0f} | - | - |")
     lines.append("")
-    for key, what in (("default_experiment", "Default experiment (`python -m cnnexp`, 3 epochs on 1k/1k; each "
-                                             "mode passes one `tracking.*` override, so Hydra parses overrides in all)"),
+    sc = res.get("scaling_threads")
+    if sc:
+        one, alln = sc["1"], sc[str(CORES)]
+        lines.append(f"- Thread scaling, {SCALING_ROW[0]} training at batch {SCALING_ROW[1]}: {one:,.0f} img/s on 1 thread, "
+                     f"{alln:,.0f} on {CORES}: **{alln / one:.2f}x** (target >= {SCALING_TARGET}x: "
+                     f"{'met' if alln / one >= SCALING_TARGET else 'MISSED'}; medians of {res['rounds']} rounds, "
+                     f"rounds: {', '.join(f'{r[str(CORES)] / r[str(1)]:.2f}x' for r in sc['rounds'])}).")
+    f = res.get("full_epoch")
+    if f:
+        lines.append(f"- Full Fashion-MNIST, seed net, batch 1, 1 epoch (60k images, `python -m cnnexp`, tracking on): "
+                     f"**{f['train_s']:.2f} s** of training (target < {EPOCH_TARGET_S:g} s: "
+                     f"{'met' if f['train_s'] < EPOCH_TARGET_S else 'MISSED'}; the epoch loop only), "
+                     f"{f['wall_s']:.1f} s wall, peak RSS **{f['peak_rss_mb']:.0f} MB** (target < {EPOCH_RSS_MB} MB: "
+                     f"{'met' if f['peak_rss_mb'] < EPOCH_RSS_MB else 'MISSED'}), test accuracy **{f['test_acc']}**.")
+    tf = res.get("torch_full_epoch")
+    if tf:
+        lines.append(f"- PyTorch, same net and settings (1 thread): {tf['seconds']:.1f} s, test accuracy {tf['test_acc']:.4f}.")
+    lines += tracking_lines(res)
+    sl = res.get("scaling")
+    if sl:
+        sizes = ", ".join(f"{n // 1000}k: {v:.2f} s" for n, v in sl["by_train_size_batch1"].items())
+        bb = sl["by_batch_size"]
+        bats = ", ".join(f"batch {k}: {v:.2f} s" for k, v in bb.items() if k != "n")
+        lines.append(f"- Scaling ({sl['source']}, seed net, training time per epoch): batch 1 — {sizes}; "
+                     f"linear slope **{sl['slope_s_per_1k']:.3f} s per 1k images** (intercept {sl['intercept_s']:.3f} s). "
+                     f"{bb['n']:,} images — {bats}. Plot: `{sl.get('plot')}`.")
+    return "\n".join(lines)
+
+
+def tracking_lines(res: dict) -> list[str]:
+    lines = []
+    for key, what in (("default_experiment", "Default experiment (`python -m cnnexp`, 3 epochs on 1k/1k)"),
                       ("sample_5_epochs", f"5 epochs on the MNIST sample (`{' '.join(SAMPLE_5_EPOCHS)}`)")):
         d = res.get(key)
         if d:
             bg, wt, ip = d["background"], d["wait"], d["in_process"]
             lines.append(
-                f"- {what}, medians of {len(d['runs']['off'])} alternating runs per mode: "
-                f"**{bg['wall_s']:.2f} s wall** with MLflow on (target < 10 s for the default), "
-                f"{d['train_s']:.2f} s of it training+evaluation; {d['wall_s_no_tracking']:.2f} s with "
-                f"`tracking.enabled=false`, so tracking costs **{bg['overhead_pct']:.1f}%** of wall time "
-                f"by medians, {bg['overhead_pct_min']:.1f}% by the fastest runs (runs of one mode spread over "
-                f"{bg['wall_min_s']:.2f}-{bg['wall_max_s']:.2f} s on, {d['off']['wall_min_s']:.2f}-"
-                f"{d['off']['wall_max_s']:.2f} s off) "
-                f"(target < 5%; CPU time of the training process {bg['cpu_s']:.2f} s against "
-                f"{d['cpu_s_no_tracking']:.2f} s; its tracking calls took {1000 * bg['direct_s']:.0f} ms, "
-                f"{100 * bg['direct_s'] / bg['wall_s']:.1f}% of its wall time). The background logger had the run complete in MLflow "
-                f"{bg['logged_s']:.2f} s after the start. With `tracking.wait=true`: {wt['wall_s']:.2f} s ({wt['overhead_pct']:.1f}%); "
-                f"logging in-process (`tracking.background=false`): {ip['wall_s']:.2f} s ({ip['overhead_pct']:.1f}%). "
-                f"Test accuracy {d['test_acc']}.")
-    f = res.get("full_epoch")
-    if f:
-        lines.append(f"- Full Fashion-MNIST, seed net, batch 1, 1 epoch (60k images, tracking on): "
-                     f"**{f['train_s']:.2f} s** of training (target < 5 s; the epoch loop only, the 10k-image test pass excluded), "
-                     f"{f['wall_s']:.1f} s wall, peak RSS **{f['peak_rss_mb']:.0f} MB** (target < 700 MB), "
-                     f"test accuracy **{f['test_acc']}** (target >= 0.84).")
-    tf = res.get("torch_full_epoch")
-    if tf:
-        lines.append(f"- PyTorch, same net and settings (1 thread): {tf['seconds']:.1f} s, test accuracy {tf['test_acc']:.4f}.")
-    s = res.get("scaling")
-    if s:
-        sizes = ", ".join(f"{n // 1000}k: {v:.2f} s" for n, v in s["by_train_size_batch1"].items())
-        bb = s["by_batch_size"]
-        bats = ", ".join(f"batch {k}: {v:.2f} s" for k, v in bb.items() if k != "n")
-        lines.append(f"- Scaling ({s['source']}, seed net, training time per epoch): batch 1 — {sizes}; "
-                     f"linear slope **{s['slope_s_per_1k']:.3f} s per 1k images** (intercept {s['intercept_s']:.3f} s). "
-                     f"{bb['n']:,} images — {bats}. Plot: `{s.get('plot')}`.")
-    c = res.get("coretype")
-    if c:
-        lines.append(f"- OPENBLAS_CORETYPE: {c.get('note') or c}")
-    return "\n".join(lines)
+                f"- {what}, medians of {len(d['runs']['off'])} alternating runs per mode: {bg['wall_s']:.2f} s wall "
+                f"with MLflow on ({d['train_s']:.2f} s training+evaluation), {d['wall_s_no_tracking']:.2f} s with "
+                f"`tracking.enabled=false` ({bg['overhead_pct']:.1f}% by medians); `tracking.wait=true`: "
+                f"{wt['wall_s']:.2f} s; in-process: {ip['wall_s']:.2f} s. Test accuracy {d['test_acc']}.")
+    return lines
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="short timings, one round, no 60k-image epochs")
+    ap.add_argument("--quick", action="store_true", help="the whole table in a few minutes: one round, short timings")
     ap.add_argument("--out", default=str(HERE / "results" / "latest.json"), help="JSON output path")
     ap.add_argument("--rounds", type=int, default=None, help="alternating cnnexp/PyTorch rounds (default 3; quick 1)")
     ap.add_argument("--no-torch", action="store_true", help="skip the PyTorch rows")
+    ap.add_argument("--tracking", action="store_true", help="also measure the CLI's tracking cost (slow)")
+    ap.add_argument("--scaling", action="store_true", help="also measure epoch time vs train/batch size")
     a = ap.parse_args(argv)
     rounds = a.rounds or (1 if a.quick else 3)
-    seconds = 0.4 if a.quick else 1.2
+    seconds = 0.3 if a.quick else 1.0
     res = {"env": environment(), "rounds": rounds, "quick": a.quick}
     tv = None if a.no_torch else torch_available()
     res["torch_version"] = tv
     if tv is None:
         log("PyTorch is not installed (pip install torch==2.13.0): skipping its rows")
-    c_rounds, t_rounds = [], {s: [] for s in TORCH_SETTINGS}
+    c_rounds, s_rounds, t_rounds = [], [], {s: [] for s in TORCH_SETTINGS}
     for r in range(rounds):  # A/B alternation: cnnexp, then each PyTorch setting, per round
         log(f"round {r + 1}/{rounds}: cnnexp")
         c_rounds.append(cnnexp_round(seconds))
+        s_rounds.append({str(k): v for k, v in scaling_round(seconds).items()})
         if tv:
             for s in TORCH_SETTINGS:
                 log(f"round {r + 1}/{rounds}: PyTorch threads={s[0]} channels_last={s[1]}")
@@ -442,36 +453,37 @@ def main(argv=None) -> int:
     keys = list(c_rounds[0])
     res["cnnexp"] = {k: statistics.median(c[k] for c in c_rounds) for k in keys}
     res["cnnexp_rounds"] = c_rounds
+    res["scaling_threads"] = {k: statistics.median(r[k] for r in s_rounds) for k in s_rounds[0]}
+    res["scaling_threads"]["rounds"] = s_rounds
     if tv:
         res["torch"] = {k: {f"{'CL' if cl else 'NCHW'} {th}t": statistics.median(t[k] for t in t_rounds[(th, cl)])
                             for th, cl in TORCH_SETTINGS} for k in keys}
-    log("floor: the post's loop code")
-    res["floor"] = post_floor(100 if a.quick else 300)
-    log("default experiment end to end, in each tracking mode")
-    res["default_experiment"] = tracking_cost([], 1 if a.quick else TRACKING_REPEATS)
-    log("5 epochs on the whole MNIST sample (4k/1k), in each tracking mode")
-    res["sample_5_epochs"] = tracking_cost(SAMPLE_5_EPOCHS, 1 if a.quick else TRACKING_REPEATS)
+    if Path(FASHION).is_dir():
+        log("full 60k epoch (cnnexp)")
+        res["full_epoch"] = full_epoch()
+        if tv and not a.quick:
+            log("full 60k epoch (PyTorch)")
+            res["torch_full_epoch"] = torch_full_epoch()
+    else:
+        log(f"{FASHION} missing (apt-get install dataset-fashion-mnist): skipping the full-epoch row")
     if not a.quick:
-        if Path(FASHION).is_dir():
-            log("full 60k epoch (cnnexp)")
-            res["full_epoch"] = full_epoch()
-            if tv:
-                log("full 60k epoch (PyTorch)")
-                res["torch_full_epoch"] = torch_full_epoch()
-        else:
-            log(f"{FASHION} missing: skipping the full-epoch rows")
-    log("scaling")
-    res["scaling"] = scaling((1000, 5000) if a.quick else (1000, 5000, 20000, 60000),
-                             (1, 8, 32, 128), 5000 if a.quick else 20000)
-    res["coretype"] = coretype_difference(seconds)
+        log("floor: the post's loop code")
+        res["floor"] = post_floor(300)
+    if a.tracking:
+        log("default experiment end to end, in each tracking mode")
+        res["default_experiment"] = tracking_cost([], 1 if a.quick else TRACKING_REPEATS)
+        log("5 epochs on the whole MNIST sample (4k/1k), in each tracking mode")
+        res["sample_5_epochs"] = tracking_cost(SAMPLE_5_EPOCHS, 1 if a.quick else TRACKING_REPEATS)
+    if a.scaling:
+        log("scaling")
+        res["scaling"] = scaling((1000, 5000) if a.quick else (1000, 5000, 20000, 60000),
+                                 (1, 8, 32, 128), 5000 if a.quick else 20000)
     md = table(res)
     print(md)
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=1, default=str))
-    if not a.quick:
-        (HERE / "RESULTS.md").write_text("# Benchmark results\n\nWritten by `python benchmarks/run.py`.\n\n" + md + "\n")
-    log(f"wrote {out}" + ("" if a.quick else " and benchmarks/RESULTS.md"))
+    log(f"wrote {out}")
     return 0
 
 

@@ -11,29 +11,44 @@ from __future__ import annotations
 import json
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
 
 def build(name: str):
+    """The torch twin of the cnnexp model ``name`` (benchmarks/stacks.py), layer for layer:
+    'same' padding as TensorFlow pads it (extra pixel after), softmax folded into the loss."""
     import torch
     from torch import nn
 
-    if name == "seed":
-        # Conv3x3 (8, no bias) -> MaxPool2 -> Dense 1352->10 (+ softmax in the loss)
-        net = nn.Sequential(nn.Conv2d(1, 8, 3, bias=False), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(1352, 10))
-    elif name == "lenet5":
-        net = nn.Sequential(nn.Conv2d(1, 6, 5, padding=2), nn.Tanh(), nn.AvgPool2d(2),
-                            nn.Conv2d(6, 16, 5), nn.Tanh(), nn.AvgPool2d(2), nn.Flatten(),
-                            nn.Linear(400, 120), nn.Tanh(), nn.Linear(120, 84), nn.Tanh(), nn.Linear(84, 10))
-    elif name == "keras_mnist":
-        net = nn.Sequential(nn.Conv2d(1, 32, 3), nn.ReLU(), nn.Conv2d(32, 64, 3), nn.ReLU(), nn.MaxPool2d(2),
-                            nn.Dropout(0.25), nn.Flatten(), nn.Linear(9216, 128), nn.ReLU(), nn.Dropout(0.5),
-                            nn.Linear(128, 10))
-    else:
-        raise ValueError(name)
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from cnnexp.layers.conv import same_padding
+    from cnnexp.model import build_model
+    from stacks import model_spec
+
+    model = build_model(model_spec(name), seed=0, engine="reference")
+    mods = []
+    for l in model.layers:
+        kind = type(l).__name__
+        if kind == "Conv2D":
+            h, w, c = l.input_shape
+            if l.padding == "same":
+                (pt, pb), (pl, pr) = same_padding(h, l.kh, l.sh), same_padding(w, l.kw, l.sw)
+                mods.append(nn.ZeroPad2d((pl, pr, pt, pb)))
+            mods.append(nn.Conv2d(c, l.filters, (l.kh, l.kw), (l.sh, l.sw), bias=l.use_bias))
+        elif kind in ("MaxPool2D", "AvgPool2D"):
+            mods.append((nn.MaxPool2d if kind == "MaxPool2D" else nn.AvgPool2d)((l.ph, l.pw), (l.sh, l.sw)))
+        elif kind == "Dense":
+            mods.append(nn.Linear(l.input_shape[0], l.units, bias=l.use_bias))
+        elif kind == "Dropout":
+            mods.append(nn.Dropout(l.rate))
+        elif kind in ("ReLU", "Tanh", "Sigmoid", "Flatten"):
+            mods.append(getattr(nn, kind)())
+        elif kind != "Softmax":
+            raise ValueError(f"no torch twin for {kind}")
     torch.manual_seed(0)
-    return net
+    return nn.Sequential(*mods)
 
 
 def measure(name: str, mode: str, batch: int, threads: int, channels_last: bool, seconds: float = 1.5,

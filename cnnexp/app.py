@@ -12,7 +12,7 @@ import signal
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -25,6 +25,8 @@ from .errors import ConfigError
 from .model import Model, build_model
 from .optimizers import Optimizer, build_optimizer
 from .tracking.base import NullTracker, Tracker
+from .callbacks.extras import build_extras, check_resumable, save_best
+from .progress import Progress
 from .train import StopRequested, TrainState, clear_stop, fit, request_stop
 
 logger = logging.getLogger("cnnexp")
@@ -35,6 +37,8 @@ class Experiment:
     cfg: dict
     model: Model
     optimizer: Optimizer
+    schedule: Any = None  # cnnexp.schedules.Schedule (lr_scheduler)
+    callbacks: dict = field(default_factory=dict)  # name -> cnnexp.callbacks.Callback
 
 
 def import_plugins(modules: list[str]) -> None:
@@ -52,8 +56,8 @@ def prepare(cfg: dict) -> Experiment:
     validate(cfg)
     import_plugins(cfg.get("plugins", []))
     d = cfg["data"]
-    model = build_model(cfg["model"], seed=cfg["seed"], dtype=cfg["model"]["dtype"],
-                        scale=d["scale"], shift=d["shift"])
+    model = build_model(cfg["model"], seed=cfg["seed"], dtype=cfg["model"]["dtype"], scale=d["scale"],
+                        shift=d["shift"], engine=cfg.get("engine"), threads=cfg.get("threads"))
     if model.loss_layer is None:
         raise ConfigError(f"model.layers: the last layer must be 'softmax' (it carries the loss), "
                           f"got {model.layers[-1].name!r}")
@@ -62,7 +66,7 @@ def prepare(cfg: dict) -> Experiment:
     from .registry import DATASETS
 
     DATASETS.get(d["name"])  # unknown data set: fail now, with the known names
-    return Experiment(cfg, model, optimizer)
+    return Experiment(cfg, model, optimizer, *build_extras(cfg))
 
 
 def load_data(cfg: dict):
@@ -90,29 +94,59 @@ def check_fit(exp: Experiment, ds, splits) -> None:
                           f"{img_shape}; use model.input_shape=[{img_shape[0]},{img_shape[1]},1]")
 
 
+_signals = {"installed": 0, "training": False, "hits": 0}
+
+
 @contextmanager
-def graceful_stop():
-    """First SIGINT/SIGTERM: finish the current step, checkpoint, stop (``StopRequested``).
-    A second one interrupts at once. Only the main thread can own signal handlers."""
-    if threading.current_thread() is not threading.main_thread():
+def stop_on_signals():
+    """The one place cnnexp handles SIGINT and SIGTERM. While ``fit`` runs, the first signal
+    asks it to stop at the next step (``request_stop``: checkpoint, then ``StopRequested``);
+    outside training, or a second signal, raises KeyboardInterrupt at once. Nests (the entry
+    point and ``run`` both use it); only the main thread can own signal handlers."""
+    if threading.current_thread() is not threading.main_thread() or _signals["installed"]:
         yield
         return
-    hits = [0]
 
     def handler(signum, frame):
-        hits[0] += 1
-        if hits[0] > 1:
-            raise KeyboardInterrupt(f"signal {signum} (second)")
+        _signals["hits"] += 1
+        if not _signals["training"] or _signals["hits"] > 1:
+            raise KeyboardInterrupt(f"signal {signum}")
         request_stop()
 
-    clear_stop()
     previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    _signals["installed"] = 1
     try:
         yield
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
+        _signals["installed"] = 0
+
+
+@contextmanager
+def training():
+    """Signals stop ``fit`` gracefully inside this block."""
+    clear_stop()
+    _signals.update(training=True, hits=0)
+    try:
+        with stop_on_signals():
+            yield
+    finally:
+        _signals["training"] = False
         clear_stop()
+
+
+def dataset_info(ds, splits) -> dict:
+    """What the tracker records of the data: name, a digest of what was trained on, sizes."""
+    import hashlib
+
+    x, y = splits.train
+    h = hashlib.sha256(f"{ds.name}:{len(x)}:{len(splits.val[0])}:{len(splits.test[0])}".encode())
+    h.update(np.ascontiguousarray(x[:256]).tobytes())
+    h.update(np.asarray(y).tobytes())
+    return {"name": ds.name, "digest": h.hexdigest()[:8], "source_type": str(ds.source),
+            "location": str(ds.location), "train": len(x), "val": len(splits.val[0]),
+            "test": len(splits.test[0]), "shape": list(np.shape(x)[1:]), "classes": len(ds.class_names)}
 
 
 def load_checked_data(cfg: dict, exp: Experiment):
@@ -124,12 +158,14 @@ def load_checked_data(cfg: dict, exp: Experiment):
 
 def run(cfg: dict, tracker: Tracker | None = None, log: Callable[[str], None] | None = None,
         exp: Experiment | None = None, checkpoint_dir: str | Path | None = None,
-        resume: Checkpoint | None = None, data=None) -> dict[str, Any]:
+        resume: Checkpoint | None = None, data=None,
+        on_epoch_end: Callable[[TrainState], None] | None = None) -> dict[str, Any]:
     """Run one experiment. Returns final metrics and what the caller needs to log artifacts.
 
     With ``checkpoint_dir``, ``<dir>/last.npz`` is written after every epoch (and logged as a
     tracker artifact) and when a signal stops the run; ``resume`` continues from a checkpoint.
     ``data`` is ``load_checked_data``'s result when the caller loaded it already.
+    ``on_epoch_end(state)`` runs after each epoch's checkpoint (e.g. an Optuna pruning hook).
     """
     tracker = tracker or NullTracker()
     log = log or logger.info
@@ -143,26 +179,36 @@ def run(cfg: dict, tracker: Tracker | None = None, log: Callable[[str], None] | 
             raise ConfigError(f"the checkpoint {resume.meta['path']} has already finished epoch {state.epoch}; "
                               f"nothing to resume with epochs={cfg['epochs']} (raise epochs to train further)")
         where = f"epoch {state.epoch + 1}, image {state.pos}" if state.pos else f"the end of epoch {state.epoch}"
+        check_resumable(state, resume.meta["path"], exp.callbacks)
         log(f"Resuming from {resume.meta['path']} at {where} (step {state.step})")
         tracker.set_tags({"resumed_from": resume.meta["path"]})
     log(f"Data: {ds.name} from {ds.source} ({ds.location}); train {len(splits.train[0]):,}, "
         f"val {len(splits.val[0]):,}, test {len(splits.test[0]):,} images")
     tracker.set_tags({"data.source": ds.source, "data.location": str(ds.location)})
+    tracker.log_dataset(dataset_info(ds, splits))
     log("MNIST CNN initialized!" if ds.name.startswith("mnist") else f"{ds.name} CNN initialized!")
 
     def save(st: TrainState) -> None:
         if checkpoint_dir is not None:
             path = checkpoint.save(Path(checkpoint_dir) / checkpoint.LAST, exp.model, exp.optimizer, st, cfg)
             tracker.log_artifact(path, "checkpoints")
+            for best in save_best(exp.callbacks, checkpoint_dir, exp.model, exp.optimizer, st, cfg):
+                tracker.log_artifact(best, "checkpoints")
+
+    def epoch_end(st: TrainState) -> None:
+        save(st)
+        if on_epoch_end is not None:
+            on_epoch_end(st)
 
     t0 = time.perf_counter()
     state = state or TrainState()
     try:
         # overflow shows up as a NaN/inf loss, which fit() reports with the step: no numpy warnings
-        with graceful_stop(), np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
+        with training(), np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
             state = fit(exp.model, exp.optimizer, splits, epochs=cfg["epochs"], batch_size=cfg["batch_size"],
                         seed=cfg["seed"], log_every=cfg["log_every"], eval_batch_size=cfg["eval_batch_size"],
-                        tracker=tracker, log=log, state=state, on_epoch_end=save)
+                        tracker=tracker, log=log, state=state, on_epoch_end=epoch_end, schedule=exp.schedule,
+                        callbacks=exp.callbacks, progress=Progress(cfg.get("verbose", 3), log))
     except StopRequested as e:
         save(state)
         if checkpoint_dir is not None:

@@ -7,23 +7,20 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import sys
-import threading
-from contextlib import contextmanager
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from . import resume
 from .config import register_schemas
-from .errors import CnnexpError
+from .errors import CnnexpError, TrackingError
 from .paths import conf_dir
 
 logger = logging.getLogger("cnnexp")
 register_schemas()
 CONF_DIR = str(conf_dir())
-FAILED_JOBS: list[str] = []
 
 
 def debug() -> bool:
@@ -49,53 +46,79 @@ def job_info() -> dict:
 
 
 def make_tracker(cfg: dict, info: dict):
-    """NullTracker, JournalTracker (a background process logs to MLflow) or MlflowTracker."""
-    from .tracking import store
+    """The run's journal and who sends it to MLflow: ``"sweep"`` (the sweep's follower),
+    ``"follower"`` (a background process started here) or ``"here"`` (this process, at the end:
+    ``tracking.wait=true``, ``tracking.background=false``, stores other than sqlite/http).
+    Returns ``(tracker, mode)``; a store that cannot work fails here, before training."""
+    from pathlib import Path
+
+    from .paths import outputs_dir
+    from .tracking import follower, store
     from .tracking.base import NullTracker
+    from .tracking.journal import SWEEP_FILE, JournalTracker
 
     tcfg = cfg["tracking"]
     if not tcfg["enabled"]:
-        return NullTracker()
-    if tcfg["background"] and store.precheck(store.resolve_uri(tcfg.get("uri"))):
-        from .tracking.journal import JournalTracker
+        return NullTracker(), None
+    uri = store.resolve_uri(tcfg.get("uri"))
+    checked = store.precheck(uri)
+    sweep_dir = Path(info["sweep_dir"]) if info.get("sweep_dir") else None
+    in_sweep = sweep_dir is not None and (sweep_dir / SWEEP_FILE).is_file()
+    if not in_sweep:
+        for folder, error in follower.unsynced()[:1]:
+            logger.warning(f"cnnexp: warning: an earlier run is not in the store yet ({error})")
+    tracker = JournalTracker.start(cfg, info, (sweep_dir if in_sweep else outputs_dir()) / "journals", uri)
+    mode = "sweep" if in_sweep else "follower" if checked and tcfg["background"] and not tcfg["wait"] else "here"
+    if mode == "follower" and not tracker.broken:
+        follower.spawn(tracker.folder)
+    return tracker, mode
 
-        return JournalTracker.start(cfg, info, os.path.join(info["output_dir"], "tracking"), wait=tcfg["wait"])
-    from .tracking.mlflow_tracker import MlflowTracker
 
-    return MlflowTracker.start(cfg, info)
+def deliver(tracker, mode: str | None) -> bool:
+    """After ``finish``: say where the run is (id and link), or what went wrong and the command
+    that logs it later. False when the run could not be logged here."""
+    from .tracking.journal import STATE, read_json
+    from .tracking.sync import describe, replay_command, sync
+
+    if mode is None or mode == "sweep" or tracker.broken:  # (a broken journal was reported when it broke)
+        return True
+    folder = tracker.folder
+    if mode == "here":
+        try:
+            logger.info(describe(sync(folder)))
+        except CnnexpError as e:
+            fail(e)
+            return False
+        return True
+    state = read_json(folder / STATE)
+    if state.get("error"):
+        print(f"cnnexp: error: {state['error']}", file=sys.stderr, flush=True)
+    elif state.get("run_id"):
+        from .tracking.store import link
+
+        logger.info(f"MLflow run {state['run_id']} (being logged in the background): "
+                    f"{link(state['uri'], state['experiment_id'], state['run_id'])}")
+    else:
+        logger.info(f"MLflow: the run is being logged in the background; to wait for it and see its id and "
+                    f"link: {replay_command(folder)}")
+    return True
 
 
-def resume_checkpoint(cfg: dict, info: dict):
-    """``resume=`` a checkpoint file, a run directory or an MLflow run id -> Checkpoint (or None)."""
-    target = cfg.get("resume")
-    if not target:
+def default_config() -> dict:
+    """The config without command-line overrides (resume= compares an experiment= with it)."""
+    from hydra import compose
+
+    return OmegaConf.to_container(compose(config_name="config"), resolve=True)
+
+
+def optuna_trial(cfg: dict):
+    """The pruning hook when this job is a trial of hydra/sweeper=optuna (cnnexp/sweepers), else None."""
+    if cfg["trial"]["number"] is None:
         return None
-    from . import checkpoint
+    from .sweepers.trial import open_trial
 
-    if os.path.exists(target) or os.sep in str(target) or str(target).endswith(".npz"):
-        return checkpoint.load(target)
-    from .tracking import store
-
-    dst = os.path.join(info["output_dir"], "resume")
-    os.makedirs(dst, exist_ok=True)
-    return checkpoint.load(store.download_checkpoint(str(target), store.resolve_uri(cfg["tracking"].get("uri")), dst))
-
-
-@contextmanager
-def sigterm_as_interrupt():
-    """SIGTERM raises KeyboardInterrupt (in the main thread), so runs end KILLED, not RUNNING."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    hc = HydraConfig.get()
+    return open_trial(cfg["trial"], OmegaConf.to_container(hc.sweeper, resolve=True), str(hc.sweep.dir))
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
@@ -103,34 +126,41 @@ def hydra_main(dcfg: DictConfig) -> float | None:
     from .app import load_checked_data, prepare, run
     from .checkpoint import check_fits
     from .preflight import check_job
+    from .sweepers.trial import TrialPruned
 
     cfg = OmegaConf.to_container(dcfg, resolve=True)
     info = job_info()
-    tracker = None
+    tracker, mode, value, logged = None, None, None, True
     status, error = "FAILED", "the run ended without reporting why"
-    try:  # the tracker's run always ends (finally): FINISHED, FAILED or KILLED, never RUNNING
-        with sigterm_as_interrupt():
-            check_job(dcfg)  # cnnexp.preflight: the guard again, inside every job
-            exp = prepare(cfg)  # config, data and checkpoint errors all come before the MLflow run
-            data = load_checked_data(cfg, exp)
-            ckpt = resume_checkpoint(cfg, info)
-            check_fits(ckpt, exp, data[1], cfg)  # cnnexp.checkpoint: mismatches before the run
-            tracker = make_tracker(cfg, info)
-            result = run(cfg, tracker=tracker, exp=exp, resume=ckpt, data=data,
-                         checkpoint_dir=os.path.join(info["output_dir"], "checkpoints"))
-            tracker.log_results(result)  # weights, model, plots: needs the trained model
+    try:  # the journal always gets its end (finally): FINISHED, FAILED or KILLED
+        check_job(dcfg)  # cnnexp.preflight: the guard again, inside every job
+        cfg, ckpt = resume.apply(cfg, info["overrides"], logger.info, default_config,  # resume=: its own config
+                                 os.path.join(info["output_dir"], "resume"))
+        exp = prepare(cfg)  # config, data and checkpoint errors all come before the journal
+        data = load_checked_data(cfg, exp)
+        check_fits(ckpt, exp, data[1], cfg)  # cnnexp.checkpoint: mismatches before the run
+        trial = optuna_trial(cfg)
+        tracker, mode = make_tracker(cfg, info)
+        result = run(cfg, tracker=tracker, exp=exp, resume=ckpt, data=data, on_epoch_end=trial,
+                     checkpoint_dir=os.path.join(info["output_dir"], "checkpoints"))
+        tracker.log_results(result)  # weights, plot data: needs the trained model
         status, error = "FINISHED", None
         m = result["metrics"]
-        return float(m.get("val/acc", m.get("test/acc", float("nan"))))
+        value = float(m.get("val/acc", m.get("test/acc", float("nan"))))
+    except TrialPruned as e:  # stopped early on purpose: FINISHED, tagged pruned (not FAILED)
+        logger.info(str(e))
+        tracker.set_tags({"cnnexp.outcome": "pruned", "mlflow.note.content": str(e)})
+        status, error, value = "FINISHED", None, e.value
     except CnnexpError as e:
         error = f"{type(e).__name__}: {e}"
         if debug():
             raise
         fail(e)
-        if info["multirun"]:  # let the other jobs of the sweep run; exit non-zero at the end
-            FAILED_JOBS.append(" ".join(info["overrides"]))
-            return None
-        sys.exit(e.exit_code)
+        if not info["multirun"]:  # a sweep's other jobs go on; the sweep exits non-zero at the end
+            sys.exit(e.exit_code)
+    except SystemExit:  # from a signal handler around the job (submitit: preempted or timed out, requeued)
+        status, error = "KILLED", "the job was stopped from outside (preempted or timed out?)"
+        raise
     except KeyboardInterrupt:
         status, error = "KILLED", "interrupted (SIGINT/SIGTERM)"
         print("cnnexp: interrupted", file=sys.stderr, flush=True)
@@ -143,17 +173,22 @@ def hydra_main(dcfg: DictConfig) -> float | None:
     finally:
         if tracker is not None:
             tracker.finish(status, error)
+            logged = deliver(tracker, mode)
+    if not logged:
+        sys.exit(TrackingError.exit_code)
+    return value
 
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["runs"]:  # `cnnexp runs ...` = `python -m cnnexp.runs ...`
-        from .runs import main as runs_main
+    from hydra_plugins.cnnexp_plugins import register
 
-        sys.exit(runs_main(argv[1:]))
-    from . import preflight
+    from . import commands, preflight
+    from .app import stop_on_signals
 
     try:
+        argv = commands.dispatch(argv)  # subcommands (runs, predict, ui), --help, --version: they exit
+        register()  # cnnexp's sweeper and launchers (an editable install hides them from Hydra's scan)
         preflight.check(argv, CONF_DIR)
     except CnnexpError as e:
         if debug():
@@ -162,19 +197,14 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(e.exit_code)
     sys.argv = [sys.argv[0]] + list(argv)
     try:
-        with sigterm_as_interrupt():
+        with stop_on_signals():
             hydra_main()
-    except BaseException as e:  # a sweep cut short: end its parent run KILLED / FAILED
-        if "cnnexp.tracking.callbacks" in sys.modules:
-            sys.modules["cnnexp.tracking.callbacks"].close_open_sweeps(e)
-        if isinstance(e, KeyboardInterrupt):  # Ctrl-C in a parallel sweep: no traceback
-            print("cnnexp: interrupted", file=sys.stderr, flush=True)
-            sys.exit(130)
-        raise
-    callbacks = sys.modules.get("cnnexp.tracking.callbacks")  # knows the jobs of parallel workers too
-    failed = list(dict.fromkeys(FAILED_JOBS + (callbacks.FAILED_JOBS if callbacks else [])))
-    if failed:
-        print(f"cnnexp: {len(failed)} job(s) failed: " + "; ".join(failed), file=sys.stderr)
+    except KeyboardInterrupt:  # Ctrl-C outside training, or in a parallel sweep: no traceback
+        print("cnnexp: interrupted", file=sys.stderr, flush=True)
+        sys.exit(130)
+    lost = sys.modules.get("cnnexp.launchers.submitit")  # jobs a cluster ended without a result
+    if lost is not None and lost.LOST:
+        print(f"cnnexp: {len(lost.LOST)} job(s) ended without a result: " + "; ".join(lost.LOST), file=sys.stderr)
         sys.exit(1)
 
 

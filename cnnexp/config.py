@@ -53,6 +53,22 @@ class TrackingConfig:
 
 
 @dataclass
+class ClusterConfig:  # set by hydra/launcher=slurm | submitit_local (conf/hydra/launcher/): job resources
+    partition: Optional[str] = None
+    timeout_min: int = 60
+    cpus_per_task: int = 1
+    mem_gb: int = 2
+    array_parallelism: int = 64
+    max_num_timeout: int = 3
+
+
+@dataclass
+class TrialConfig:  # set by hydra/sweeper=optuna for each job (cnnexp/sweepers): not for users
+    study: Optional[str] = None  # the Optuna study the job reports val/acc to
+    number: Optional[int] = None  # the trial's number in that study
+
+
+@dataclass
 class PathsConfig:
     outputs: str = "${cnnexp_outputs:}"
 
@@ -63,16 +79,24 @@ class Config:
     epochs: int = 3
     batch_size: int = 1
     seed: int = 0
-    log_every: int = 100  # images between progress lines / train metrics
+    log_every: int = 100  # optimizer steps between progress lines / train metrics
     eval_batch_size: int = 500
     resume: Optional[str] = None  # run id or checkpoint path to continue from
     plugins: List[str] = field(default_factory=list)  # modules to import: register your own layers
+    engine: str = "fast"  # how the layers run: fast (compiled plan, all cores) | reference (layer by layer)
+    threads: Any = "auto"  # fast engine worker threads: auto (the cores this process may use) | N
+    # workflow (cnnexp/progress.py, schedules.py, callbacks/): what prints, lr schedule, callbacks
+    verbose: Optional[int] = None  # 0 quiet, 1 epoch lines, 2 + live bar (terminal), 3 + the post's step lines
+    lr_scheduler: Any = field(default_factory=lambda: {"type": "none"})
+    callbacks: Any = field(default_factory=dict)  # {name: {type: early_stopping, monitor: ...}}
     memory_limit_mb: Optional[int] = None  # refuse models estimated to need more; null = MemAvailable
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optimizer: Any = field(default_factory=lambda: {"type": "sgd"})
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
+    trial: TrialConfig = field(default_factory=TrialConfig)
+    cluster: Optional[ClusterConfig] = None
 
 
 def register_schemas() -> None:
@@ -168,7 +192,13 @@ def check_values(cfg: dict) -> None:
     need(_num(cfg["lr"]) and cfg["lr"] > 0, "lr", cfg["lr"], "must be a number > 0 (the post uses lr=0.005)")
     for k in ("epochs", "batch_size", "log_every", "eval_batch_size"):
         need(isinstance(cfg[k], int) and cfg[k] >= 1, k, cfg[k], "must be an integer >= 1")
+    need(cfg.get("engine", "fast") in ("fast", "reference"), "engine", cfg.get("engine"), "use fast or reference")
+    th = cfg.get("threads", "auto")
+    need(th == "auto" or (isinstance(th, int) and not isinstance(th, bool) and th >= 1), "threads", th,
+         "use auto or an integer >= 1")
     need(isinstance(cfg["seed"], int) and cfg["seed"] >= 0, "seed", cfg["seed"], "must be an integer >= 0")
+    need(cfg.get("verbose") in (None, 0, 1, 2, 3), "verbose", cfg.get("verbose"),
+         "use 0 (quiet), 1 (epoch lines), 2 (live bar on a terminal), 3 (the post's step lines) or null (auto)")
     mem = cfg.get("memory_limit_mb")
     need(mem is None or (isinstance(mem, int) and mem >= 1), "memory_limit_mb", mem, "must be an integer >= 1 or null")
     d = cfg["data"]

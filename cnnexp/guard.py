@@ -43,6 +43,7 @@ PRESET_NAMES = (
     "hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher",
     "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher",
     "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper",
+    "hydra_plugins.hydra_ray_launcher.ray_launcher.RayLauncher",
 )
 OWN_MODULES = ("cnnexp.", "hydra_plugins.cnnexp_")  # classes of ours: Hydra callbacks/launchers/sweepers
 OWN_ANY = ("cnnexp.sweepers",)  # anything defined here

@@ -18,7 +18,7 @@ from . import layers as _layers  # noqa: F401  (registers the built-in layers)
 from .errors import ConfigError
 from .layers.base import Layer, ShapeError
 from .layers.softmax import Softmax
-from .plan import FastPath, blas_threads, default_threads, make_plan  # noqa: F401  (re-exported)
+from .engine import check_engine, make_engine, resolve_threads
 from .registry import LAYERS
 
 DTYPES = ("float32", "float64")
@@ -39,25 +39,22 @@ def _view_like(flat: np.ndarray, off: int, a: np.ndarray) -> np.ndarray:
     return seg.reshape(a.shape)
 
 
-class Model(FastPath):
+class Model:
     """Layers applied in order. Inputs are raw images ``(N, H, W)`` or ``(N, H, W, C)`` of any
     numeric dtype; ``preprocess`` casts and normalises them (``x * scale + shift``).
 
-    Two ways through the same layers:
-
-    * ``forward`` / ``backward``: the reference path, layer by layer (each layer keeps its own
-      forward state, so a caller may also call the layers' ``backward`` one by one).
-    * ``train_batch`` / ``train_step`` / ``predict_proba`` / ``evaluate``: the fast path,
-      inherited from ``cnnexp.plan.FastPath`` (fused stages, the loss fused into the softmax,
-      two threads, BLAS single-threaded; its module docstring explains the plan). Same values
-      as the reference path up to float rounding; ``tests/test_fastpaths.py`` checks it.
+    The model holds the layers and the parameters; an engine (``self.engine``, from
+    ``cnnexp.engine``) runs them: ``reference`` (the layers one by one) or ``fast`` (a compiled
+    plan, data-parallel over ``threads``). ``train_batch`` / ``train_step`` / ``loss_and_grads``
+    / ``predict_proba`` / ``evaluate`` go through the engine; ``forward`` / ``backward`` always
+    run the layers one by one.
 
     All parameters live in one contiguous array (``params.flat``) and all gradients in another
     (``grads.flat``); ``params`` and ``grads`` map ``"<layer>.<param>"`` to views of them.
     """
 
     def __init__(self, layers: list[Layer], input_shape: tuple[int, ...], dtype, spec: dict,
-                 scale: float = 1.0, shift: float = 0.0):
+                 scale: float = 1.0, shift: float = 0.0, engine: str = "fast", threads="auto"):
         self.layers = layers
         self.input_shape = tuple(input_shape)
         self.dtype = np.dtype(dtype)
@@ -69,25 +66,32 @@ class Model(FastPath):
             layers[0].needs_input_grad = False
         # flat views of every parameter and gradient, keyed "<layer>.<param>"
         self.params, self._grads, self._grad_slots = self._flatten(layers)
-        self._init_plan()
+        self.set_engine(engine, threads)
+
+    def set_engine(self, engine: str = "fast", threads="auto") -> None:
+        """Run this model with ``engine`` (``reference`` or ``fast``) on ``threads``."""
+        self.engine = make_engine(self, engine, threads)
+
+    @property
+    def threads(self) -> int:
+        return self.engine.threads
 
     # -- parameters in one buffer ---------------------------------------------------------
-    def _flatten(self, layers, grads_only: bool = False):
+    def _flatten(self, layers):
         entries = [(l, k, v) for l in layers for k, v in l.params.items()]
         params, grads = ParamDict(), ParamDict()
         flat_ok = all(isinstance(v, np.ndarray) and v.dtype == self.dtype for _, _, v in entries) and \
             len({id(v) for _, _, v in entries}) == len(entries)
         total = sum(v.size for _, _, v in entries)
-        pflat = np.empty(total, self.dtype) if flat_ok and not grads_only else None
+        pflat = np.empty(total, self.dtype) if flat_ok else None
         gflat = np.zeros(total, self.dtype) if flat_ok else None
         slots, off = [], 0
         for l, k, v in entries:
             key = f"{l.name}.{k}"
             if flat_ok:
-                if pflat is not None:
-                    pv = _view_like(pflat, off, v)
-                    pv[...] = v
-                    l.params[k] = pv
+                pv = _view_like(pflat, off, v)
+                pv[...] = v
+                l.params[k] = pv
                 g = l.grads.get(k)
                 gv = _view_like(gflat, off, v)
                 if g is not None and g.shape == v.shape:
@@ -101,9 +105,20 @@ class Model(FastPath):
         params.flat, grads.flat = pflat, gflat
         return params, grads, slots
 
+    def new_grads(self) -> ParamDict:
+        """Zeroed gradient arrays keyed and laid out like ``grads`` (``flat`` included): an
+        engine worker's own gradients."""
+        out, off = ParamDict(), 0
+        gflat = np.zeros(self._grads.flat.size, self.dtype) if self._grads.flat is not None else None
+        for k, p in self.params.items():
+            out[k] = _view_like(gflat, off, p) if gflat is not None else np.zeros_like(p)
+            off += p.size
+        out.flat = gflat
+        return out
+
     @property
     def grads(self) -> dict[str, np.ndarray]:
-        """Gradients of the last ``train_batch``, keyed like ``params`` (always the same dict:
+        """Gradients of the last training step, keyed like ``params`` (always the same dict:
         a layer that stores a new gradient array has it copied into its slot here)."""
         for d, k, gv in self._grad_slots:
             g = d[k]
@@ -113,13 +128,18 @@ class Model(FastPath):
         return self._grads
 
     # -- data in --------------------------------------------------------------------------
+    def check_images(self, x: np.ndarray) -> None:
+        """Raise ValueError unless ``x`` is ``(N, *input_shape)`` or ``(N, H, W)`` for one channel."""
+        shape = x.shape[1:]
+        if shape != self.input_shape and not (self.input_shape[-1] == 1 and shape == self.input_shape[:-1]):
+            raise ValueError(f"expected images of shape (N, {', '.join(map(str, self.input_shape))}) "
+                             f"or (N, {', '.join(map(str, self.input_shape[:-1]))}), got {x.shape}")
+
     def preprocess(self, images: np.ndarray) -> np.ndarray:
         x = np.asarray(images)
+        self.check_images(x)
         if x.ndim == len(self.input_shape):  # no channel axis (N, H, W) -> (N, H, W, 1)
             x = x.reshape(x.shape + (1,))
-        if x.shape[1:] != self.input_shape:
-            raise ValueError(f"expected images of shape (N, {', '.join(map(str, self.input_shape))}) "
-                             f"or (N, {', '.join(map(str, self.input_shape[:-1]))}), got {np.shape(images)}")
         # uint8 images: a cast and two in-place operations (measured 3x faster than a 256-entry
         # table lookup, whose uint8 indices numpy widens first; the values are the same)
         x = x.astype(self.dtype)
@@ -127,7 +147,58 @@ class Model(FastPath):
         x += self.shift
         return x
 
-    # -- the reference path ---------------------------------------------------------------
+    # -- training and inference through the engine -------------------------------------------
+    def _check_loss(self):
+        if self.loss_layer is None:
+            raise ConfigError("the last layer must be 'softmax' to train (it carries the cross-entropy loss)")
+
+    def compute(self):
+        """Context for a stretch of engine calls (the training loop wraps its epochs in it):
+        the fast engine runs BLAS single-threaded inside it."""
+        return self.engine.compute()
+
+    def train_batch(self, x: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Forward + backward on a preprocessed batch; fills ``grads``.
+        Returns per-sample losses and probabilities."""
+        self._check_loss()
+        losses, probs, _, _ = self.engine.train(x, np.asarray(labels))
+        return losses, probs
+
+    def train_step(self, images: np.ndarray, labels: np.ndarray) -> tuple[float, int]:
+        """Forward + backward on raw images; fills ``grads``; returns the batch's summed loss
+        and number of correct predictions."""
+        self._check_loss()
+        images = np.asarray(images)
+        self.check_images(images)  # the engine may preprocess in parts
+        _, _, loss_sum, correct = self.engine.train(images, np.asarray(labels), raw=True)
+        return loss_sum, correct
+
+    def loss_and_grads(self, x: np.ndarray, y: np.ndarray) -> tuple[float, dict[str, np.ndarray]]:
+        """Mean cross-entropy of the batch ``x`` (raw images of an integer dtype, or already
+        preprocessed floats) with labels ``y``, and a copy of its gradients (training mode:
+        dropout active)."""
+        x = np.asarray(x)
+        if x.dtype.kind in "uib":
+            x = self.preprocess(x)
+        losses, _ = self.train_batch(x, y)
+        return float(losses.mean()), {k: v.copy() for k, v in self.grads.items()}
+
+    def predict_proba(self, images: np.ndarray, batch_size: int = 128) -> np.ndarray:
+        """Class probabilities for raw images, in chunks to bound temporaries."""
+        out = np.empty((len(images),) + self.output_shape, dtype=self.dtype)
+        if len(images):
+            self.engine.infer(np.asarray(images), None, out, batch_size)
+        return out
+
+    def evaluate(self, images: np.ndarray, labels: np.ndarray, batch_size: int = 128) -> tuple[float, float]:
+        """Mean cross-entropy and accuracy on raw images."""
+        if len(images) == 0:
+            return float("nan"), float("nan")
+        labels = np.asarray(labels)
+        loss_sum, correct = self.engine.infer(np.asarray(images), labels, None, batch_size)
+        return loss_sum / len(images), correct / len(images)
+
+    # -- the layers one by one ------------------------------------------------------------
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
         for layer in self.layers:
             x = layer.forward(x, training)
@@ -182,9 +253,13 @@ def _plain(v: Any) -> Any:
 
 
 def build_model(spec: dict, seed: int = 0, dtype: str | None = None, scale: float = 1.0,
-                shift: float = 0.0, where: str = "model") -> Model:
-    """Build a Model from ``spec`` (``input_shape``, ``layers``, optional ``dtype``)."""
+                shift: float = 0.0, where: str = "model", engine: str | None = None, threads=None) -> Model:
+    """Build a Model from ``spec`` (``input_shape``, ``layers``, optional ``dtype`` and
+    ``engine``). ``engine`` / ``threads`` override the spec's; the engine is recorded in
+    ``model.spec``, so a model rebuilt from a saved spec runs on the same engine."""
     spec = _plain(spec)
+    engine = check_engine(engine or spec.get("engine") or "fast")
+    threads = resolve_threads(threads if threads is not None else "auto")
     dtype = dtype or spec.get("dtype") or "float32"
     if dtype not in DTYPES:
         raise ConfigError(f"{where}.dtype: {dtype!r} is not supported; use one of {', '.join(DTYPES)}")
@@ -210,4 +285,5 @@ def build_model(spec: dict, seed: int = 0, dtype: str | None = None, scale: floa
         except ShapeError as e:
             raise ConfigError(f"{at} ({ls['type']}): {e} (input shape {cur})") from None
         layers.append(layer)
-    return Model(layers, tuple(shape), dtype, {**spec, "dtype": dtype}, scale=scale, shift=shift)
+    return Model(layers, tuple(shape), dtype, {**spec, "dtype": dtype, "engine": engine}, scale=scale, shift=shift,
+                 engine=engine, threads=threads)

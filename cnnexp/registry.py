@@ -104,3 +104,5 @@ LAYERS = Registry("layer")
 OPTIMIZERS = Registry("optimizer")
 INITIALIZERS = Registry("initializer")
 DATASETS = Registry("dataset")
+SCHEDULES = Registry("lr scheduler")  # cnnexp/schedules.py
+CALLBACKS = Registry("callback")  # cnnexp/callbacks/

@@ -1,8 +1,9 @@
 """Compare runs in the terminal: the latest sweep's jobs, best first.
 
-    python -m cnnexp.runs                      # sorted by test/acc
-    python -m cnnexp.runs --metric val/acc     # losses sort ascending, everything else descending
-    python -m cnnexp.runs --sweep <parent run id> --uri sqlite:///path/to/mlflow.db
+    cnnexp runs                         # by the metric the sweep optimised (val/acc, else test/acc)
+    cnnexp runs --metric test/loss      # losses sort ascending, everything else descending
+    cnnexp runs --sweep <parent run id or prefix> --uri sqlite:///path/to/mlflow.db
+    cnnexp runs --last 10               # the 10 latest single runs
 
 Reads the store ``python -m cnnexp`` writes to (``$MLFLOW_TRACKING_URI`` or
 ``outputs/mlflow.db``). The same table is logged to each sweep's parent run.
@@ -104,64 +105,116 @@ def _when(ms: int | None) -> str:
     return datetime.fromtimestamp(ms / 1000).strftime("%Y-%m-%d %H:%M:%S") if ms else "?"
 
 
+class Source:
+    """The store's runs, through ``cnnexp.runstore`` (SQLite, milliseconds) or MLflow (other stores)."""
+
+    def __init__(self, uri: str, experiment: str):
+        from .tracking import store
+
+        self.uri, self.db = uri, store.sqlite_path(uri)
+        if self.db is not None:
+            from . import runstore
+
+            self.conn, self.rs = runstore.connect(self.db), runstore
+            self.exp_id = runstore.experiment_id(self.conn, experiment)
+        else:
+            import logging
+
+            logging.getLogger("alembic").setLevel(logging.WARNING)
+            from mlflow.tracking import MlflowClient
+
+            self.client = MlflowClient(uri)
+            exp = self.client.get_experiment_by_name(experiment)
+            self.exp_id = exp.experiment_id if exp else None
+
+    def get_run(self, run_id: str):
+        if self.db is not None:
+            return self.rs.get_run(self.conn, self.rs.resolve_id(self.conn, run_id))
+        from .tracking import store
+
+        return self.client.get_run(store.resolve_run_id(self.client, run_id, self.uri))  # a prefix will do
+
+    def latest_sweep(self):
+        if self.db is not None:
+            return self.rs.latest_sweep(self.conn, self.exp_id)
+        found = self.client.search_runs([self.exp_id], "tags.`cnnexp.role` = 'sweep'",
+                                        order_by=["attributes.start_time DESC"], max_results=1)
+        return found[0] if found else None
+
+    def children(self, parent_id: str) -> list:
+        if self.db is not None:
+            return self.rs.children(self.conn, self.exp_id, parent_id)
+        return children(self.client, self.exp_id, parent_id)
+
+    def latest_runs(self, limit: int) -> list:
+        if self.db is not None:
+            return self.rs.latest_runs(self.conn, self.exp_id, limit)
+        runs = self.client.search_runs([self.exp_id], order_by=["attributes.start_time DESC"], max_results=limit + 50)
+        return [r for r in runs if r.data.tags.get("cnnexp.role") != "sweep"][:limit]
+
+
+def objective(parent, runs: list) -> str | None:
+    """The metric the sweep itself optimised: its ``best.metric`` tag, else val/acc when the
+    jobs have it (what a run returns to Hydra's sweepers), else test/acc."""
+    return parent.data.tags.get("best.metric") if parent is not None and parent.data.tags.get("best.metric") \
+        else pick_metric(runs)
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m cnnexp.runs", description=__doc__.split("\n\n")[0])
-    p.add_argument("--metric", default="test/acc", help="metric to sort by (default: test/acc)")
-    p.add_argument("--sweep", help="parent run id of the sweep (default: the latest sweep)")
+    p = argparse.ArgumentParser(prog="cnnexp runs", description=__doc__.split("\n\n")[0])
+    p.add_argument("--metric", help="metric to sort by (default: the one the sweep optimised: val/acc "
+                                    "when the jobs have it, else test/acc)")
+    p.add_argument("--sweep", help="parent run id (or unique prefix) of the sweep (default: the latest sweep)")
+    p.add_argument("--last", type=int, metavar="N", help="the N latest single runs instead of a sweep")
     p.add_argument("--experiment", default="cnnexp", help="experiment name (default: cnnexp)")
     p.add_argument("--uri", help="tracking URI (default: $MLFLOW_TRACKING_URI, else outputs/mlflow.db)")
     args = p.parse_args(argv)
 
     def fail(msg: str) -> int:
-        print(f"cnnexp.runs: {msg}", file=sys.stderr)
+        print(f"cnnexp runs: {msg}", file=sys.stderr)
         return 1
 
+    from .errors import CnnexpError
     from .tracking import store
 
     uri = store.resolve_uri(args.uri)
-    db = store.sqlite_path(uri)
-    if db is not None and not db.exists():
-        return fail(f"no runs yet: there is no MLflow store at {db} (run `python -m cnnexp` first)")
-    import logging
-
-    logging.getLogger("alembic").setLevel(logging.WARNING)
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(uri)
     try:
-        exp = client.get_experiment_by_name(args.experiment)
-    except Exception as e:  # noqa: BLE001
+        src = Source(uri, args.experiment)
+        if src.exp_id is None:
+            return fail(f"no runs yet: experiment {args.experiment!r} does not exist in {uri}")
+        parent = None
+        if args.last:
+            runs, title = src.latest_runs(args.last), f"the {args.last} latest runs"
+        else:
+            parent = src.get_run(args.sweep) if args.sweep else src.latest_sweep()
+            if args.sweep and parent is None:
+                return fail(f"no run {args.sweep!r} in {uri}")
+            if parent is None:
+                runs, title = src.latest_runs(20), "the latest runs (no sweep yet)"
+            else:
+                runs, title = src.children(parent.info.run_id), None
+    except CnnexpError as e:
+        return fail(str(e))
+    except Exception as e:  # noqa: BLE001  (MLflow's errors for other stores)
         return fail(f"cannot read the MLflow store at {uri}: {str(e).splitlines()[0]}")
-    if exp is None:
-        return fail(f"no runs yet: experiment {args.experiment!r} does not exist in {uri}")
-    if args.sweep:
-        try:
-            parent = client.get_run(args.sweep)
-        except Exception:  # noqa: BLE001
-            return fail(f"no run {args.sweep!r} in {uri}")
-    else:
-        found = client.search_runs([exp.experiment_id], "tags.`cnnexp.role` = 'sweep'",
-                                   order_by=["attributes.start_time DESC"], max_results=1)
-        if not found:
-            n = len(client.search_runs([exp.experiment_id], max_results=1000))
-            return fail(f"no sweep in experiment {args.experiment!r} ({n} single run(s)); start one with "
-                        f"`python -m cnnexp -m lr=0.001,0.005,0.01`" if n else
-                        f"no runs yet in experiment {args.experiment!r} at {uri}")
-        parent = found[0]
-    runs = children(client, exp.experiment_id, parent.info.run_id)
     if not runs:
-        return fail(f"sweep {parent.info.run_name!r} ({parent.info.run_id}) has no runs yet")
-    if not any(args.metric in r.data.metrics for r in runs):
+        return fail(f"sweep {parent.info.run_name!r} ({parent.info.run_id}) has no runs yet" if parent else
+                    f"no runs yet in experiment {args.experiment!r} at {uri}")
+    metric = args.metric or objective(parent, runs)
+    if metric is None or not any(metric in r.data.metrics for r in runs):
         known = sorted({m for r in runs for m in r.data.metrics})
-        return fail(f"no run of the sweep has metric {args.metric!r}; available: {', '.join(known)}")
-    order = "ascending" if lower_is_better(args.metric) else "descending"
+        return fail(f"no run has metric {metric!r}; available: {', '.join(known) or 'none'}")
+    order = "ascending" if lower_is_better(metric) else "descending"
     shared = common_overrides(runs)
-    print(f"{parent.info.run_name}\n  parent run {parent.info.run_id} ({parent.info.status}), started "
-          f"{_when(parent.info.start_time)}, experiment {args.experiment!r} at {uri}")
+    if parent is not None:
+        print(f"{parent.info.run_name}\n  parent run {parent.info.run_id} ({parent.info.status}), started "
+              f"{_when(parent.info.start_time)}, experiment {args.experiment!r} at {uri}")
+    else:
+        print(f"{title}, experiment {args.experiment!r} at {uri}")
     if shared:
-        print(f"  every job: {' '.join(shared)}")
-    print(f"  {len(runs)} jobs by {args.metric}, {order}:\n")
-    print(format_table(rows(runs, args.metric, drop=shared)))
+        print(f"  every run: {' '.join(shared)}")
+    print(f"  {len(runs)} runs by {metric}, {order} (ids: full, or any unique prefix, for resume= and predict):\n")
+    print(format_table(rows(runs, metric, drop=shared), short_ids=False))
     return 0
 
 

@@ -1,5 +1,5 @@
-"""Every test leaves no background MLflow logger running: after a test that used ``tmp_path``,
-wait (bounded) for the loggers of the runs it started there."""
+"""Every test leaves no tracking follower running: after a test that used ``tmp_path``, wait
+(bounded) for the followers of the runs it started there."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import pytest
 
 
 @pytest.fixture(autouse=True)
-def no_background_loggers_left(request):
+def no_followers_left(request):
     yield
     tmp = request.node.funcargs.get("tmp_path")
     if tmp is not None:
-        from cnnexp.tracking.journal import wait_for_agents
+        from cnnexp.tracking.follower import wait_idle
 
-        assert not wait_for_agents(tmp, timeout=120), "background MLflow loggers still working"
+        assert not wait_idle(tmp, timeout=120), "tracking followers still working"

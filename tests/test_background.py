@@ -1,148 +1,187 @@
-"""The background MLflow logger (cnnexp.tracking.journal / .agent): the training process only
-writes a journal; a separate process logs it, ends killed runs KILLED, and can replay a
-journal by hand. In-process logging (tracking.background=false) still works."""
+"""Journals and their sync with real processes: the training process only writes its journal;
+a follower (or the command itself with tracking.wait=true) makes it an MLflow run. Runs sharing
+a run folder never share a journal; killed writers and killed followers lose no run; the
+replay command logs any journal whose writer is gone, idempotently."""
 
 from __future__ import annotations
 
 import json
-import shutil
+import re
+import signal
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
 
 from cnnexp.tracking import journal
-from cnnexp.tracking.agent import events
 from tracking_helpers import TINY, all_runs, cli, client, env_for, wait_logged
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy")]
+RUN_ID = re.compile(r"MLflow run ([0-9a-f]{32})")
 
 
-def tracking_folder(out):
-    (folder,) = journal.journals(out)
-    return folder
+def journals(out):
+    return journal.folders(out / "journals")
 
 
-def test_cli_returns_first_and_the_background_logger_completes_the_run(tmp_path):
+def replay(out, *args, **env):
+    return subprocess.run([sys.executable, "-m", "cnnexp.tracking", "sync", *map(str, args)], capture_output=True,
+                          text=True, env=env_for(out, **env), timeout=300)
+
+
+def assert_complete(c, run, folder):
+    """The run has its journal's params and every metric point of it."""
+    start = journal.first_event(folder)
+    assert run.data.tags["cnnexp.run_key"] == start["key"] == folder.name
+    assert run.data.params["lr"] == str(start["cfg"]["lr"])
+    counts = {}
+    for _, e in journal.read_events(folder / journal.JOURNAL)[0]:
+        for k, *_ in e.get("metrics") or []:
+            counts[k] = counts.get(k, 0) + 1
+    assert counts and all(len(c.get_metric_history(run.info.run_id, k)) == n for k, n in counts.items()), counts
+
+
+def test_cli_returns_first_and_the_follower_completes_the_run(tmp_path):
     out = tmp_path / "outputs"
     p = cli(TINY, out, wait=False)
     assert p.returncode == 0, p.stderr[-3000:]
-    assert "MLflow: logging in the background" in p.stdout + p.stderr
-    folder = tracking_folder(out)
-    start = json.loads((folder / journal.JOURNAL).read_text().splitlines()[0])
+    assert "logged in the background" in p.stdout + p.stderr
+    (folder,) = journals(out)
+    start = journal.first_event(folder)
     assert start["event"] == "start" and start["cfg"]["data"]["name"] == "mnist_sample"
+    assert start["pid_start"] == journal.process_start(start["pid"]) or not journal.alive(start)
     wait_logged(out)
-    state = journal.read_status(folder)
-    assert state["state"] == "done"
+    state = journal.read_json(folder / journal.STATE)
     c = client(out)
     (run,) = all_runs(c)
-    assert run.info.run_id == state["run_id"] and run.info.status == "FINISHED"
-    m, tags = run.data.metrics, run.data.tags
-    assert m["perf/tracking_seconds"] < m["perf/agent_seconds"]  # the training process paid the small part
-    assert tags["cnnexp.job_pid"] != tags["cnnexp.pid"] == str(state["pid"])
-    events_logged = [json.loads(line)["event"] for line in (folder / journal.JOURNAL).read_text().splitlines()]
-    assert events_logged[-2:] == ["results", "finish"] and "metrics" in events_logged
-    assert (folder / "result" / "artifacts" / "plots" / "confusion_matrix.png").is_file()  # drawn by the logger
+    assert state["done"] and run.info.run_id == state["run_id"] and run.info.status == "FINISHED"
+    assert run.data.tags["cnnexp.job_pid"] != run.data.tags["cnnexp.sync_pid"]  # a follower logged it
+    assert run.inputs.dataset_inputs[0].dataset.name == "mnist_sample"  # the Dataset column
+    assert_complete(c, run, folder)
+    assert not journal.pending(out)  # nothing left to catch up
 
 
-def test_wait_true_returns_after_the_run_is_logged(tmp_path):
+def test_wait_true_logs_before_returning_and_says_where(tmp_path):
     out = tmp_path / "outputs"
     p = cli([*TINY, "tracking.wait=true", "tracking.log_model=false"], out, wait=False)
     assert p.returncode == 0, p.stderr[-3000:]
-    assert journal.read_status(tracking_folder(out))["state"] == "done"  # no waiting here
+    run_id = RUN_ID.search(p.stdout + p.stderr).group(1)
+    assert f"mlflow ui --backend-store-uri sqlite:///{out}/mlflow.db" in p.stdout + p.stderr
     (run,) = all_runs(client(out))
-    assert run.info.status == "FINISHED" and "test/acc" in run.data.metrics
+    assert run.info.run_id == run_id and run.info.status == "FINISHED" and "test/acc" in run.data.metrics
+    assert not (journals(out)[0] / "follower.log").exists()  # no background process
 
 
-def test_in_process_logging_when_background_is_off(tmp_path):
-    out = tmp_path / "outputs"
-    p = cli([*TINY, "tracking.background=false", "tracking.log_model=false"], out)
-    assert p.returncode == 0, p.stderr[-3000:]
-    assert journal.journals(out) == []
-    (run,) = all_runs(client(out))
-    assert run.info.status == "FINISHED" and run.data.tags["cnnexp.job_pid"] == run.data.tags["cnnexp.pid"]
-    assert {"plots", "weights", "model_summary.txt"} <= {a.path for a in client(out).list_artifacts(run.info.run_id)}
-
-
-def test_a_journal_can_be_logged_again_by_hand(tmp_path):
-    """As after a logger that failed (store unreachable, say): replaying the journal makes a
-    complete new run; replaying a journal already logged is refused."""
-    out = tmp_path / "outputs"
-    p = cli([*TINY, "tracking.log_model=false"], out)
-    assert p.returncode == 0, p.stderr[-3000:]
-    folder = tracking_folder(out)
-    agent = [sys.executable, "-m", "cnnexp.tracking.agent"]
-    q = subprocess.run([*agent, str(folder)], capture_output=True, text=True, env=env_for(out), timeout=120)
-    assert q.returncode == 2 and "already logged as MLflow run" in q.stderr
-
-    (folder / journal.STATUS).write_text(json.dumps({"state": "failed", "error": "store unreachable"}))
-    q = subprocess.run([*agent, str(folder)], capture_output=True, text=True, env=env_for(out), timeout=120)
-    assert q.returncode == 0, q.stderr[-3000:]
-    c = client(out)
-    first, again = sorted(all_runs(c), key=lambda r: r.info.start_time)
-    assert again.info.status == "FINISHED" and journal.read_status(folder)["run_id"] == again.info.run_id
-    for key in ("test/acc", "test/loss", "train/epoch_loss"):
-        assert again.data.metrics[key] == first.data.metrics[key]
-    assert again.data.params == first.data.params
-    hist = lambda r: [(m.step, m.value) for m in c.get_metric_history(r.info.run_id, "train/loss")]  # noqa: E731
-    assert hist(again) == hist(first)
-
-    q = subprocess.run([*agent, str(tmp_path)], capture_output=True, text=True, env=env_for(out), timeout=60)
-    assert q.returncode == 2 and "journal.jsonl does not exist" in q.stderr
-
-
-def test_journal_reader_waits_for_whole_lines_until_the_writer_is_gone(tmp_path):
-    path = tmp_path / journal.JOURNAL
-    path.write_text('{"event": "start"}\n{"event": "par')
-    gone = threading.Event()
-    seen = []
-
-    def read():
-        seen.extend(e["event"] for e in events(path, gone, poll=0.01))
-
-    t = threading.Thread(target=read)
-    t.start()
-    time.sleep(0.2)
-    assert seen == ["start"] and t.is_alive()  # half a line: not yet
-    with open(path, "a") as f:
-        f.write('ams"}\n{"event": "finish"}\n')
-    time.sleep(0.2)
-    assert seen == ["start", "params", "finish"] and t.is_alive()  # the writer may still add more
-    gone.set()
-    t.join(5)
-    assert not t.is_alive()
-
-
-def test_spawned_logger_ends_a_journal_without_finish_killed(tmp_path, monkeypatch):
-    """The logger's stdin pipe closes when the training process dies: the run ends KILLED."""
+def test_replay_is_idempotent_and_can_log_to_another_store(tmp_path):
     out = tmp_path / "outputs"
     p = cli([*TINY, "tracking.log_model=false", "tracking.wait=true"], out)
     assert p.returncode == 0, p.stderr[-3000:]
-    src = tracking_folder(out)
-    folder = tmp_path / "cut" / "tracking"
-    folder.mkdir(parents=True)
-    lines = (src / journal.JOURNAL).read_text().splitlines()
-    (folder / journal.JOURNAL).write_text("\n".join(lines[:-1]) + "\n")  # no finish event
-    monkeypatch.setenv("CNNEXP_OUTPUTS", str(out))
-    launcher = journal.spawn_agent(folder)
-    assert journal.pending(folder)
-    launcher.stdin.close()  # as when the training process is SIGKILLed
-    assert not journal.wait_for_agents(folder.parent, timeout=120)
-    state = journal.read_status(folder)
-    assert state["state"] == "done" and state["pid"] == int((folder / journal.PID).read_text()) != launcher.pid
-    run = client(out).get_run(state["run_id"])
-    assert run.info.status == "KILLED" and "ended without ending the run" in run.data.tags["mlflow.note.content"]
-    shutil.rmtree(tmp_path / "cut")
+    (folder,) = journals(out)
+    (first,) = all_runs(client(out))
+    q = replay(out, folder)  # done already: the same run
+    assert q.returncode == 0 and first.info.run_id in q.stdout, q.stderr
+    (folder / journal.STATE).unlink()  # the record is lost: the run is found by its run key
+    q = replay(out, out)  # the outputs folder: every journal under it
+    assert q.returncode == 0 and first.info.run_id in q.stdout, q.stderr
+    assert len(all_runs(client(out))) == 1
+    other = tmp_path / "other.db"
+    q = replay(out, folder, "--uri", f"sqlite:///{other}")
+    assert q.returncode == 0, q.stderr
+    from mlflow.tracking import MlflowClient
+
+    c2 = MlflowClient(f"sqlite:///{other}")
+    (again,) = all_runs(c2)
+    assert again.data.params == first.data.params and again.info.status == "FINISHED"
+    assert_complete(c2, again, folder)
+    q = replay(out, tmp_path / "nothing")
+    assert q.returncode == 2 and "no journal under" in q.stderr
 
 
-def test_a_store_that_cannot_be_created_fails_before_training_in_one_line(tmp_path):
-    blocker = tmp_path / "blocker"
-    blocker.write_text("a file where the store's folder should be")
-    p = cli([*TINY, f"tracking.uri=sqlite:///{blocker}/mlflow.db"], tmp_path / "outputs", wait=False)
-    assert p.returncode == 4
-    lines = [line for line in p.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("cnnexp: error: cannot create the folder of the MLflow store")
-    assert str(blocker) in lines[0] and "sqlite:///" in lines[0] and "Traceback" not in p.stderr
-    assert "--- Epoch 1 ---" not in p.stdout and journal.journals(tmp_path) == []
+@pytest.mark.parametrize("together", [False, True], ids=["one_after_the_other", "at_the_same_time"])
+def test_runs_sharing_a_run_folder_each_get_their_own_run(tmp_path, together):
+    out, shared = tmp_path / "outputs", tmp_path / "fixed"
+    args = lambda lr: [*TINY, f"lr={lr}", f"hydra.run.dir={shared}", "tracking.log_model=false"]  # noqa: E731
+    if together:
+        procs = [subprocess.Popen([sys.executable, "-m", "cnnexp", *args(lr)], stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, text=True, env=env_for(out), cwd=tmp_path)
+                 for lr in (0.001, 0.002)]
+        assert [p.wait(timeout=300) for p in procs] == [0, 0], [p.stdout.read()[-2000:] for p in procs]
+        wait_logged(out)
+    else:
+        for lr in (0.001, 0.002):
+            assert cli(args(lr), out).returncode == 0
+    c = client(out)
+    runs = all_runs(c)
+    assert sorted(r.data.params["lr"] for r in runs) == ["0.001", "0.002"]
+    assert all(r.info.status == "FINISHED" and r.data.tags["hydra.output_dir"] == str(shared) for r in runs)
+    for folder in journals(out):
+        (run,) = [r for r in runs if r.data.tags["cnnexp.run_key"] == folder.name]
+        assert_complete(c, run, folder)
+
+
+def test_a_run_folder_reused_by_a_resume_gets_a_second_run(tmp_path):
+    out, shared = tmp_path / "outputs", tmp_path / "fixed"
+    base = [*TINY, f"hydra.run.dir={shared}", "tracking.log_model=false"]
+    assert cli(base, out).returncode == 0
+    p = cli([*base, "epochs=2", f"resume={shared}/checkpoints/last.npz"], out)
+    assert p.returncode == 0 and "Resuming from" in p.stdout, p.stderr[-2000:]
+    c = client(out)
+    first, second = sorted(all_runs(c), key=lambda r: r.info.start_time)
+    assert first.data.params["epochs"] == "1" and second.data.params["epochs"] == "2"
+    assert "resumed_from" in second.data.tags and "resumed_from" not in first.data.tags
+    assert [m.step for m in c.get_metric_history(second.info.run_id, "test/acc")] == [2]
+    for run, folder in zip((first, second), sorted(journals(out), key=lambda f: journal.first_event(f)["time"])):
+        assert_complete(c, run, folder)
+
+
+LONG = ["data=mnist_sample", "data.train_size=4000", "epochs=30", "log_every=500", "tracking.log_model=false"]
+
+
+def start_long(out, *extra):
+    p = subprocess.Popen([sys.executable, "-u", "-m", "cnnexp", *LONG, *extra], stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True, env=env_for(out), cwd=out.parent)
+    for line in p.stdout:
+        if line.startswith("--- Epoch 2 ---"):  # epoch 1's checkpoint and metrics are journaled
+            return p
+    raise AssertionError(f"the run ended early ({p.wait()})")
+
+
+def follower_of(folder, timeout=60):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        f = journal.read_json(folder / "follower.json")
+        if f and journal.read_json(folder / journal.STATE).get("run_id"):
+            return f["pid"]
+        time.sleep(0.2)
+    raise AssertionError("the follower never created the run")
+
+
+@pytest.mark.parametrize("victim", ["training", "follower", "both"])
+def test_sigkill_loses_no_run(tmp_path, victim):
+    """SIGKILL the training process, its follower or both: the run ends KILLED with its
+    checkpoint and every metric point journaled, by the follower, or by the next run."""
+    out = tmp_path / "outputs"
+    p = start_long(out)
+    (folder,) = journals(out)
+    fpid = follower_of(folder)
+    if victim in ("follower", "both"):
+        subprocess.run(["kill", "-KILL", str(fpid)], check=True)
+    if victim in ("training", "both"):
+        p.kill()
+    else:
+        p.send_signal(signal.SIGINT)  # the follower is dead: the run itself ends normally
+    p.wait(timeout=60)
+    wait_logged(out)
+    if victim != "training":  # nobody synced the end: the next run catches up
+        assert not journal.read_json(folder / journal.STATE).get("done")
+        q = cli([*TINY, "tracking.log_model=false"], out)
+        assert q.returncode == 0, q.stderr[-2000:]
+    c = client(out)
+    run = next(r for r in all_runs(c) if r.data.tags["cnnexp.run_key"] == folder.name)
+    assert run.info.status == "KILLED"
+    if victim != "follower":
+        assert "ended without ending the run" in run.data.tags["mlflow.note.content"]
+    assert "checkpoints/last.npz" in [a.path for a in c.list_artifacts(run.info.run_id, "checkpoints")]
+    assert_complete(c, run, folder)
+    assert len(all_runs(c)) == (1 if victim == "training" else 2)

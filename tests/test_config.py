@@ -73,6 +73,14 @@ def test_layer_hyperparameters_override_from_the_command_line():
     assert exp.model.params["dense_3.W"].shape == (14 * 14 * 16, 10)
 
 
+@pytest.mark.parametrize("engine,threads", [("reference", "auto"), ("fast", 3)])
+def test_engine_and_threads_reach_the_model(engine, threads):
+    exp = prepare(composed([f"engine={engine}", f"threads={threads}"]))
+    assert exp.model.engine.name == engine and exp.model.spec["engine"] == engine
+    if engine == "fast":
+        assert exp.model.threads == 3
+
+
 def test_float64_is_selectable():
     exp = prepare(composed(["model.dtype=float64"]))
     assert all(p.dtype.name == "float64" for p in exp.model.params.values())
@@ -85,6 +93,8 @@ def test_float64_is_selectable():
     (["lr=0"], "must be a number > 0"),
     (["epochs=0"], "epochs=0 is invalid"),
     (["batch_size=0"], "batch_size=0 is invalid"),
+    (["engine=turbo"], "engine='turbo' is invalid: use fast or reference"),
+    (["threads=0"], "threads=0 is invalid: use auto or an integer >= 1"),
     (["log_every=0"], "log_every=0"),
     (["data.train_size=0"], "data.train_size=0"),
     (["data.val_size=-1"], "data.val_size=-1"),

@@ -74,7 +74,8 @@ def test_cli_default_run_offline_reaches_the_post_range(tmp_path):
 def test_same_config_and_seed_give_identical_metrics():
     cfg = composed(["data=mnist_sample", "data.train_size=300", "data.test_size=200", "epochs=2",
                     "model=keras_mnist", "model.layers.0.filters=4", "model.layers.2.filters=4",
-                    "model.layers.7.units=16", "batch_size=8", "optimizer=adam", "lr=0.001"])
+                    "model.layers.7.units=16", "batch_size=8", "optimizer=adam", "lr=0.001",
+                    "log_every=10"])
     runs = []
     for _ in range(2):
         t = MemoryTracker()

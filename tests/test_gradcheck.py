@@ -402,8 +402,8 @@ KERAS_NET = {
 NETS = {"seed": SEED_NET, "lenet5": LENET_NET, "keras_mnist": KERAS_NET}
 
 
-def _model_and_batch(name, n=3, seed=0):
-    model = build_model(NETS[name], seed=seed, dtype=F64)
+def _model_and_batch(name, n=3, seed=0, engine="fast", threads=1):
+    model = build_model(NETS[name], seed=seed, dtype=F64, engine=engine, threads=threads)
     rng = np.random.default_rng(100 + seed)
     for p in model.params.values():  # non-zero biases so their gradients are exercised fully
         if p.ndim == 1:
@@ -413,12 +413,27 @@ def _model_and_batch(name, n=3, seed=0):
     return model, x, labels
 
 
+ENGINES = [("reference", 1), ("fast", 1), ("fast", 3)]
+
+
+@pytest.mark.parametrize("engine,threads", ENGINES)
 @pytest.mark.parametrize("name", ["seed", "lenet5", "keras_mnist"])
-def test_model_param_grads(name):
-    model, x, labels = _model_and_batch(name)
+def test_model_param_grads(name, engine, threads, max_per_param=100):
+    """Every engine's whole-model gradients against finite differences (a fixed random 100
+    entries of each parameter; every entry in the slow variant below)."""
+    model, x, labels = _model_and_batch(name, engine=engine, threads=threads)
+    if threads > 1:
+        model.engine.split_min_batch = 2  # three images, three threads
     assert all(p.dtype == np.float64 for p in model.params.values())
+    check_model(model, x, labels, max_per_param=max_per_param)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("engine,threads", ENGINES)
+@pytest.mark.parametrize("name", ["seed", "lenet5", "keras_mnist"])
+def test_model_param_grads_all_entries(name, engine, threads):
     # every entry of every parameter, except a fixed random 3000 of lenet's 120x84 dense matrix
-    check_model(model, x, labels, max_per_param=3000)
+    test_model_param_grads(name, engine, threads, max_per_param=3000)
 
 
 def test_seed_model_shapes_and_param_names():
@@ -452,7 +467,7 @@ def _model_input_grad(model, x, labels):
 
 @pytest.mark.parametrize("name", ["seed", "keras_mnist"])
 def test_model_input_grad(name):
-    model, x, labels = _model_and_batch(name, n=2)
+    model, x, labels = _model_and_batch(name, n=2, engine="reference")
     # by default the first layer skips the data gradient
     assert model.layers[0].needs_input_grad is False
     model.train_batch(x, labels)

@@ -31,7 +31,8 @@ ROOT = Path(__file__).resolve().parent.parent
     "hydra._internal.core_plugins.basic_launcher.BasicLauncher",
     "hydra._internal.core_plugins.basic_sweeper.BasicSweeper",
     "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher",
-    "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper",
+    "hydra_plugins.cnnexp_plugins.optuna.OptunaSweeper",
+    "hydra_plugins.cnnexp_plugins.submitit.CnnexpLocalLauncher",
     "optuna.samplers.TPESampler",
     "optuna.pruners.MedianPruner",
 ])
@@ -96,6 +97,13 @@ def test_logging_routes_are_refused(change, needle):
         guard.check_logging(log_cfg(**change), "hydra.job_logging")
 
 
+def test_callables_by_name_in_plugin_settings_are_refused():
+    with pytest.raises(ConfigError, match="custom_search_space"):
+        guard.check_hydra({"sweeper": {"custom_search_space": "cnnexp.cli.os.system"}})
+    with pytest.raises(ConfigError, match="setup"):
+        guard.check_hydra({"launcher": {"setup": ["rm -rf ~"]}})
+
+
 def test_formatter_factories_and_filters_are_refused():
     cfg = log_cfg()
     cfg["formatters"]["f"] = {"()": "cnnexp.cli.os.system", "command": "x"}
@@ -118,7 +126,6 @@ def write(path: Path, text: str) -> Path:
     (["--experimental-rerun", "x.pickle"], "unpickles"),
     (["+hydra.job.env_set.LD_PRELOAD=/tmp/x.so"], "env_set.LD_PRELOAD"),
     (["+hydra.job.env_set.PYTHONPATH=/tmp"], "env_set.PYTHONPATH"),
-    (["hydra/sweeper=optuna_max", "hydra.sweeper.custom_search_space=cnnexp.cli.os.system"], "custom_search_space"),
     (["hydra.searchpath=[pkg://os]"], "pkg://os"),
     (["--cfg", "job", "+hydra.callbacks.x._target_=os.system"], "not allowed"),
     (["--help", "+hydra.callbacks.x._target_=os.system"], "not allowed"),

@@ -236,3 +236,28 @@ def test_randn_fan_in_follows_post_init_rule():
     assert np.all(model.params["dense_3.b"] == 0)
     f = model.params["conv2d_0.W"] * 9
     assert 0.6 < f.std() < 1.4  # only 72 draws: a loose check that the scale is 1/9
+
+
+@pytest.mark.parametrize("engine", ["reference", "fast"])
+def test_fit_reproduces_post_training_loop(engine):
+    """``fit`` (batch 1, SGD lr=0.005, the post's loop) with ``engine=reference`` trains the
+    same weights as the post's code run over the images in fit's shuffled order; so does the
+    fast engine."""
+    from types import SimpleNamespace
+
+    from cnnexp.train import epoch_rng, fit
+
+    rng = np.random.default_rng(11)
+    model, conv, pool, softmax = build_pair(28, 28, seed=4)
+    model.set_engine(engine)
+    images = np.stack([(random_image if i % 2 else digit_like_image)(28, 28, rng) for i in range(6)])
+    labels = rng.integers(0, 10, size=6)
+    splits = SimpleNamespace(train=(images, labels), val=(images[:0], labels[:0]), test=(images[:0], labels[:0]))
+    fit(model, build_optimizer({"type": "sgd"}, 0.005), splits, epochs=2, batch_size=1, seed=9, log=lambda s: None)
+    for epoch in range(2):
+        for i in epoch_rng(9, epoch).permutation(6):
+            post.train(conv, pool, softmax, images[i], int(labels[i]), lr=0.005)
+    f, W, b = ours_as_post(model)
+    np.testing.assert_allclose(f, conv.filters, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(W, softmax.weights, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(b, softmax.biases, rtol=1e-9, atol=1e-12)

@@ -15,7 +15,7 @@ from cnnexp.train import StopRequested, TrainState, request_stop
 from test_config import composed
 
 ARGS = ["data=mnist_sample", "data.train_size=400", "data.val_size=100", "data.test_size=100", "epochs=3",
-        "log_every=50", "model=keras_mnist", "model.layers.0.filters=4", "model.layers.2.filters=4",
+        "log_every=5", "model=keras_mnist", "model.layers.0.filters=4", "model.layers.2.filters=4",
         "model.layers.7.units=16", "batch_size=8", "optimizer=adam", "lr=0.002"]
 
 
@@ -54,7 +54,7 @@ def test_stop_and_resume_is_exact(tmp_path, reference, stop_at):
         run(cfg, tracker=StopAt(stop_at), log=quiet, checkpoint_dir=tmp_path)
     ck = checkpoint.load(tmp_path / "last.npz")
     st = ck.meta["state"]
-    assert (st["epoch"], st["pos"]) == ((1, 256) if stop_at == 650 else (2, 0))
+    assert (st["epoch"], st["pos"]) == ((1, 280) if stop_at == 650 else (2, 0))
     resumed = run(cfg, log=quiet, checkpoint_dir=tmp_path, exp=prepare(cfg), resume=ck)
     metrics, weights = final_of(resumed)
     assert metrics == ref_metrics

@@ -42,6 +42,18 @@ def test_sweep_makes_one_parent_and_one_child_per_job(sweep):
     assert parent.data.tags["sweep.id"].startswith("multirun/")
     assert all(r.info.status == "FINISHED" for r in runs)
     assert {r.info.run_name for r in children} == {",".join(TINY) + f",lr={lr}" for lr in ("0.001", "0.005", "0.01")}
+    assert parent.data.params["epochs"] == "1" and parent.data.params["data.name"] == "mnist_sample"
+    assert "lr" not in parent.data.params  # the params every job shares, not the swept one
+    assert "3 job(s), 3 finished" in parent.data.tags["mlflow.note.content"]
+
+
+def test_the_sweep_has_one_follower_and_its_jobs_none(sweep):
+    out, _ = sweep
+    (sweep_dir,) = [p.parent for p in out.glob("multirun/*/*/sweep.json")]
+    jobs = sorted((sweep_dir / "journals").glob("*/journal.jsonl"))
+    assert len(jobs) == 3 and (sweep_dir / "follower.json").is_file()
+    assert not any((j.parent / "follower.json").exists() for j in jobs)
+    assert not (out / "journals").exists() or not list((out / "journals").glob("*/journal.jsonl"))
 
 
 def test_parent_records_the_best_child_and_a_summary_table(sweep):
@@ -103,6 +115,11 @@ def test_optuna_search_maximises_validation_accuracy(tmp_path):
     best = max(children, key=lambda r: r.data.metrics["val/acc"])
     assert parent.data.tags["best.metric"] == "val/acc" and parent.data.tags["best.run_id"] == best.info.run_id
     assert f"Best value: {best.data.metrics['val/acc']}" in p.stdout + p.stderr
+    from cnnexp.tracking.meta import short_value
+
+    for r in children:  # Optuna's floats, 4 significant digits in the run name, in full in the params
+        lr = dict(o.split("=", 1) for o in r.info.run_name.split(","))["lr"]
+        assert lr == short_value(lr) == f"{float(r.data.params['lr']):.4g}", (lr, r.data.params["lr"])
 
 
 def test_failed_job_fails_alone_and_the_sweep_exits_non_zero(tmp_path):

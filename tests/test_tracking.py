@@ -152,7 +152,7 @@ def test_pyfunc_input_forms_become_images():
     assert to_images(x.astype(object), (28, 28, 1)).dtype == np.float64
 
 
-# -- the tracker, in process ------------------------------------------------------------------
+# -- the journal and its sync, in process ------------------------------------------------------
 @pytest.fixture(scope="module")
 def shared_outputs(tmp_path_factory):
     return tmp_path_factory.mktemp("store") / "outputs"  # one SQLite store for these tests (~2 s each)
@@ -162,7 +162,6 @@ def shared_outputs(tmp_path_factory):
 def local_store(shared_outputs, tmp_path, monkeypatch):
     monkeypatch.setenv("CNNEXP_OUTPUTS", str(shared_outputs))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.delenv(meta.PARENT_ENV, raising=False)
     return tmp_path
 
 
@@ -173,80 +172,122 @@ def small_cfg():
                          "log_model": False}}
 
 
-def test_tracker_batches_metrics_and_ends_failed_runs_with_the_error(local_store, monkeypatch):
-    from cnnexp.tracking.mlflow_tracker import MlflowTracker
+def journal_tracker(folder, overrides=(), output_dir=None):
+    from cnnexp.tracking.journal import JournalTracker
+
+    return JournalTracker.start(small_cfg(), {"overrides": list(overrides), "output_dir": output_dir},
+                                folder / "journals", store.resolve_uri(None))
+
+
+def test_journal_batches_metrics_and_sync_ends_failed_runs_with_the_error(local_store):
+    from cnnexp.tracking.journal import JOURNAL, read_events
+    from cnnexp.tracking.sync import sync
 
     out = local_store / "job"
     (out / ".hydra").mkdir(parents=True)
     (out / ".hydra/overrides.yaml").write_text("- lr=0.01\n")
-    t = MlflowTracker.start(small_cfg(), {"overrides": ["lr=0.01"], "output_dir": str(out)})
-    batches = []
-    real = t.client.log_batch
-    monkeypatch.setattr(t.client, "log_batch", lambda *a, **k: (batches.append(k), real(*a, **k))[1])
-    for step in range(1, 301):  # 300 interval points: no call yet
+    t = journal_tracker(local_store, ["lr=0.01"], str(out))
+    for step in range(1, 301):  # 300 interval points: not written yet
         t.log_metrics({"train/loss": 1.0 / step, "train/acc": 0.5}, step=step * 10)
-    assert batches == []
-    t.log_metrics({"train/epoch_loss": 0.1, "test/acc": 0.9}, step=1)  # end of epoch: one flush
-    assert len(batches) == 1 and len(batches[0]["metrics"]) == 602
+    assert [e["event"] for _, e in read_events(t.folder / JOURNAL)[0]] == ["start"]
+    t.log_metrics({"train/epoch_loss": 0.1, "test/acc": 0.9}, step=1)  # end of epoch: one event
+    assert [len(e.get("metrics", [])) for _, e in read_events(t.folder / JOURNAL)[0]] == [0, 602]
     t.finish("FAILED", "TrainingError: loss became nan")
     t.finish("FINISHED")  # ignored: the first call counts
-    r = t.client.get_run(t.run_id)
-    assert r.info.status == "FAILED" and r.data.tags["error"] == "TrainingError: loss became nan"
+    state = sync(t.folder)
+    c = store.client(state["uri"])
+    r = c.get_run(state["run_id"])
+    assert state["done"] and r.info.status == "FAILED" and r.data.tags["error"] == "TrainingError: loss became nan"
     assert r.info.run_name == "lr=0.01" and r.data.params["model.layers.0.filters"] == "8"
-    assert len(t.client.get_metric_history(t.run_id, "train/loss")) == 300
-    names = {a.path for a in t.client.list_artifacts(t.run_id)}
-    assert {"config.yaml", "hydra"} <= names
+    assert len(c.get_metric_history(state["run_id"], "train/loss")) == 300
+    assert {"config.yaml", "hydra"} <= {a.path for a in c.list_artifacts(state["run_id"])}
 
 
-def test_tracker_logs_results_artifacts(local_store):
-    from cnnexp.tracking.mlflow_tracker import MlflowTracker
+def test_sync_uploads_the_results(local_store):
+    from cnnexp.tracking.sync import sync
 
     m = seed_model()
     x, y = images(60)
     splits = SimpleNamespace(train=(x[:40], y[:40]), val=(x[:0], y[:0]), test=(x[40:], y[40:]))
     ds = SimpleNamespace(class_names=tuple(str(i) for i in range(10)))
-    t = MlflowTracker.start(small_cfg(), {"overrides": []})
+    t = journal_tracker(local_store)
     t.log_metrics({"train/loss": 2.0, "train/acc": 0.1}, step=10)
     t.log_metrics({"train/epoch_loss": 2.0, "test/acc": 0.1}, step=1)
     t.log_results({"model": m, "splits": splits, "dataset": ds, "metrics": {}})
     t.finish()
-    c = t.client
-    found = {a.path for d in ("", "plots", "weights") for a in c.list_artifacts(t.run_id, d)}
+    state = sync(t.folder)
+    c = store.client(state["uri"])
+    found = {a.path for d in ("", "plots", "weights") for a in c.list_artifacts(state["run_id"], d)}
     assert {"model_summary.txt", "weights/weights.npz", "weights/model_spec.json", "plots/confusion_matrix.png",
             "plots/confusion_matrix.csv", "plots/learning_curves.png", "plots/misclassified.png",
             "plots/conv_filters.png"} <= found
-    r = c.get_run(t.run_id)
+    r = c.get_run(state["run_id"])
     assert r.info.status == "FINISHED" and r.info.run_name == "default" and "cnnexp.tracking_errors" not in r.data.tags
 
 
-def test_logging_failure_does_not_stop_training(local_store, monkeypatch, caplog):
-    from cnnexp.tracking.mlflow_tracker import MlflowTracker
+def test_a_sync_cut_short_continues_where_it_stopped(local_store, monkeypatch):
+    """The store fails in the middle: one TrackingError naming the command that logs the run
+    later; the second sync continues the same MLflow run and completes it."""
+    import mlflow.tracking
 
-    t = MlflowTracker.start(small_cfg(), {"overrides": []})
-    real = t.client.log_batch
+    from cnnexp.errors import TrackingError
+    from cnnexp.tracking.journal import STATE, read_json
+    from cnnexp.tracking.sync import sync
+
+    t = journal_tracker(local_store)
+    for epoch in (1, 2):
+        t.log_metrics({"test/acc": 0.5 * epoch}, step=epoch)
+    t.finish()
+    real = mlflow.tracking.MlflowClient.set_terminated
 
     def down(*a, **k):
         raise ConnectionError("store went away")
 
-    monkeypatch.setattr(t.client, "log_batch", down)
-    t.log_metrics({"test/acc": 0.5}, step=1)  # flushes, fails, warns, keeps the point
-    assert "will retry" in caplog.text
-    monkeypatch.setattr(t.client, "log_batch", real)
-    t.finish()
-    assert [m.value for m in t.client.get_metric_history(t.run_id, "test/acc")] == [0.5]
+    monkeypatch.setattr(mlflow.tracking.MlflowClient, "set_terminated", down)
+    with pytest.raises(TrackingError, match=f"store went away.*python -m cnnexp.tracking sync {t.folder}"):
+        sync(t.folder)
+    first = read_json(t.folder / STATE)
+    assert not first.get("done") and first["run_id"] and first["offset"] > 0
+    monkeypatch.setattr(mlflow.tracking.MlflowClient, "set_terminated", real)
+    state = sync(t.folder)
+    c = store.client(state["uri"])
+    assert state["done"] and state["run_id"] == first["run_id"]
+    assert [m.value for m in c.get_metric_history(state["run_id"], "test/acc")] == [0.5, 1.0]
+    assert sync(t.folder)["run_id"] == first["run_id"]  # done: nothing more to do
 
 
-def test_stale_running_run_of_a_dead_process_is_marked_killed(local_store):
-    from cnnexp.tracking.mlflow_tracker import MlflowTracker
+def test_a_journal_whose_writer_is_gone_ends_killed_even_if_its_pid_is_reused(local_store, monkeypatch):
+    from cnnexp.tracking import journal
+    from cnnexp.tracking.sync import sync
 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    t = MlflowTracker.start(small_cfg(), {"overrides": []})
-    t.client.set_tag(t.run_id, "cnnexp.pid", str(dead.pid))  # as if its process had been SIGKILLed
-    t2 = MlflowTracker.start(small_cfg(), {"overrides": []})
-    r = t.client.get_run(t.run_id)
-    assert r.info.status == "KILLED" and "marked KILLED" in r.data.tags["mlflow.note.content"]
-    t2.finish()
+    assert not journal.alive(journal.identity(dead.pid))
+    me = journal.identity()
+    assert journal.alive(me) and not journal.alive({**me, "pid_start": me["pid_start"] + 1})  # pid reused
+    monkeypatch.setattr(journal, "identity", lambda pid=None: {**me, "pid_start": me["pid_start"] + 1})
+    t = journal_tracker(local_store)
+    t.log_metrics({"test/acc": 0.5}, step=1)  # no finish: as if SIGKILLed
+    state = sync(t.folder)
+    r = store.client(state["uri"]).get_run(state["run_id"])
+    assert r.info.status == "KILLED" and "ended without ending the run" in r.data.tags["mlflow.note.content"]
+    assert r.data.metrics["test/acc"] == 0.5
+
+
+def test_journal_keeps_whole_lines_when_the_disk_is_full(tmp_path, monkeypatch, caplog):
+    from cnnexp.tracking import journal
+
+    t = journal.JournalTracker.start(small_cfg(), {"overrides": []}, tmp_path)
+    t.log_metrics({"test/acc": 0.5}, step=1)
+    real = os.write
+    monkeypatch.setattr(journal.os, "write", lambda fd, data: real(fd, data[:7]))  # a short write: disk full
+    t.log_metrics({"test/acc": 0.6}, step=2)
+    t.log_metrics({"test/acc": 0.7}, step=3)  # not attempted any more
+    monkeypatch.setattr(journal.os, "write", real)
+    t.finish()
+    assert "cannot write the run's journal" in caplog.text and caplog.text.count("cannot write") == 1
+    events, _ = journal.read_events(t.folder / journal.JOURNAL)
+    assert [e["event"] for _, e in events] == ["start", "metrics"]  # the cut line is not read
 
 
 # -- the runs table ---------------------------------------------------------------------------
@@ -287,3 +328,31 @@ def test_runs_cli_without_a_store_is_one_clear_line(tmp_path):
     p = subprocess.run([sys.executable, "-m", "cnnexp.runs"], capture_output=True, text=True, env=env, timeout=120)
     assert p.returncode == 1 and p.stdout == ""
     assert p.stderr.strip().count("\n") == 0 and "no runs yet" in p.stderr
+
+
+def test_no_import_cycles_in_tracking_and_the_entry_modules():
+    """Every import between cnnexp modules (lazy ones inside functions too) points one way."""
+    import ast
+
+    pkg = ROOT / "cnnexp"
+    files = [*sorted((pkg / "tracking").glob("*.py")), pkg / "cli.py", pkg / "app.py", pkg / "runs.py"]
+    name = lambda f: ".".join(f.relative_to(ROOT).with_suffix("").parts)  # noqa: E731
+    graph = {}
+    for f in files:
+        mod = name(f)
+        deps = set()
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level:
+                base = mod.split(".")[: -node.level]
+                target = ".".join(base + ([node.module] if node.module else []))
+                deps |= {f"{target}.{a.name}" if not node.module else target for a in node.names}
+        graph[mod] = {d for d in deps if d in {name(g) for g in files} and d != mod}
+
+    def visit(m, path):
+        assert m not in path, "import cycle: " + " -> ".join([*path, m])
+        for d in graph[m]:
+            visit(d, [*path, m])
+
+    for m in graph:
+        visit(m, [])
+    assert graph["cnnexp.tracking.journal"] and "cnnexp.tracking.sync" in graph["cnnexp.tracking.sweep"]

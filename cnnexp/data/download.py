@@ -53,6 +53,9 @@ TIMEOUT = 10.0  # seconds, for connecting and for each read
 USER_AGENT = "cnnexp-data/1.0 (Python urllib)"
 CHUNK = 1 << 16
 STALE_PART_SECONDS = 3600  # temp files older than this were left by a killed run
+FAILED_MARKER = ".download-failed"  # in the data set's cache folder: when and why the last download failed
+REMEMBERED = " (a download failed"
+RETRY_SECONDS = 3600  # no new attempt for this long after one failed (the network is likely still down)
 
 
 class DownloadError(DataError):
@@ -167,6 +170,9 @@ def fetch(dataset: str, mirrors: tuple[str, ...] | list[str] | None = None,
     except OSError as e:
         raise DownloadError(f"cannot create the cache folder {folder}: {e.strerror or e}") from None
     _remove_stale_parts(folder)
+    recent = recent_failure(folder)
+    if recent:
+        raise DownloadError(recent)
 
     used: list[str] = []
     unreachable: set[str] = set()  # mirrors that failed to connect: not tried for the next files
@@ -195,6 +201,31 @@ def fetch(dataset: str, mirrors: tuple[str, ...] | list[str] | None = None,
                     used.append(base)
                 break
         else:
+            if all(b in unreachable for b in mirrors):  # no connection at all: the network is not there
+                remember_failure(folder, f"{name}: " + "; ".join(failures))
             raise DownloadError(f"{name}: " + "; ".join(failures))
+    (folder / FAILED_MARKER).unlink(missing_ok=True)
     return folder, used
+
+
+def remember_failure(folder: Path, reason: str) -> None:
+    """Record a failed download, so the next runs (and sweep jobs) do not wait on the network again."""
+    try:
+        (folder / FAILED_MARKER).write_text(reason[:500] + "\n")
+    except OSError:
+        pass
+
+
+def recent_failure(folder: Path, now: float | None = None) -> str | None:
+    """Why downloading is skipped, while the last failure is under RETRY_SECONDS old; else None."""
+    marker = folder / FAILED_MARKER
+    try:
+        age = (now or time.time()) - marker.stat().st_mtime
+        reason = marker.read_text().strip()
+    except OSError:
+        return None
+    if not 0 <= age < RETRY_SECONDS:
+        return None
+    return (f"{reason}{REMEMBERED} {age / 60:.0f} min ago; no new attempt for {(RETRY_SECONDS - age) / 60:.0f} "
+            f"min, delete {marker} to retry now)")
 

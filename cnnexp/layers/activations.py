@@ -56,14 +56,10 @@ class Dropout(Layer):
         self.rng = np.random.default_rng(rng.integers(2**63))
         return super().build(input_shape, rng, dtype)
 
-    #: a mask drawn ahead by the model for the next training forward (see ``draw_mask``)
-    preset_mask = None
-
     def draw_mask(self, shape, dtype):
         """The scaled keep-mask the next training forward of a ``shape`` batch would use; it
-        advances the generator exactly as that forward would. A model splitting a batch across
-        threads draws the whole batch's mask here, in layer order, and gives each part its
-        rows, so the result does not depend on the split."""
+        advances the generator exactly as that forward would (an engine splitting a batch
+        across threads draws the whole batch's mask here and gives each part its rows)."""
         keep = 1.0 - self.rate
         dtype = np.dtype(dtype)
         r = self.rng.random(shape, dtype=np.float32)
@@ -75,11 +71,8 @@ class Dropout(Layer):
         if not training or self.rate == 0:
             self._mask = None
             return x
-        mask, self.preset_mask = self.preset_mask, None
-        if mask is None or mask.shape != x.shape:
-            mask = self.draw_mask(x.shape, x.dtype)
-        self._mask = mask
-        return x * mask
+        self._mask = self.draw_mask(x.shape, x.dtype)
+        return x * self._mask
 
     def backward(self, dy):
         return dy if self._mask is None else dy * self._mask

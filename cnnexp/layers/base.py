@@ -56,38 +56,16 @@ class Layer:
         raise NotImplementedError
 
     def replica(self) -> "Layer":
-        """A shallow copy sharing ``params`` but with its own zeroed ``grads``, forward state and
-        scratch buffers: the model runs part of a large batch through it on a second thread."""
+        """A shallow copy sharing ``params`` but with its own zeroed ``grads`` and forward
+        state: an engine runs part of a batch through it on another thread. A layer holding
+        other mutable per-call state overrides this."""
         r = object.__new__(type(self))
         r.__dict__.update(self.__dict__)
         r.grads = {k: np.zeros_like(v) for k, v in self.grads.items()}
-        if isinstance(self.__dict__.get("_bufs"), Buffers):
-            r._bufs = Buffers()
         return r
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, out={self.output_shape})"
-
-
-class Buffers:
-    """Scratch arrays a layer keeps between calls, re-made only when the requested shape or
-    dtype changes (no allocation, no page faults in the steady state of a training loop)."""
-
-    __slots__ = ("_d",)
-
-    def __init__(self):
-        self._d = {}
-
-    def get(self, key, shape, dtype, zero=False):
-        a = self._d.get(key)
-        if a is None or a.shape != shape or a.dtype != dtype:
-            a = self._d[key] = np.zeros(shape, dtype) if zero else np.empty(shape, dtype)
-        elif zero:
-            a.fill(0)
-        return a
-
-    def clear(self):
-        self._d.clear()
 
 
 def pair(v, what: str) -> tuple[int, int]:

@@ -29,7 +29,8 @@ class Flatten(Layer):
 
 @LAYERS.register("dense")
 class Dense(Layer):
-    """``y = x @ W + b``: input ``(N, D)``, ``W`` of shape ``(D, units)``, ``b`` of shape ``(units,)``."""
+    """``y = x @ W + b``: input ``(N, D)``, ``W`` of shape ``(D, units)``, ``b`` of shape ``(units,)``,
+    output ``(N, units)``. Backward: ``dW = x.T @ dy``, ``db = dy.sum(0)``, ``dx = dy @ W.T``."""
 
     def __init__(self, units: int, bias: bool = True, init: str = "glorot_uniform", bias_init: str = "zeros"):
         super().__init__()
@@ -46,28 +47,21 @@ class Dense(Layer):
 
     def init_params(self, rng, dtype):
         d = self.input_shape[0]
-        # stored column-major (W.T is contiguous): the weight gradient of a batch is then one
-        # contiguous product dy.T @ x (at batch 1 an outer product with a long inner axis)
+        # stored column-major (W.T contiguous): the same values; a batch's weight gradient
+        # dy.T @ x is then written contiguously
         self.params["W"] = np.asfortranarray(initialize(self.init, (d, self.units), d, self.units, rng, dtype))
         if self.use_bias:
             self.params["b"] = initialize(self.bias_init, (self.units,), d, self.units, rng, dtype)
 
     def forward(self, x, training=False):
         self._x = x
-        y = np.matmul(x, self.params["W"])
+        y = x @ self.params["W"]
         if self.use_bias:
-            y += self.params["b"]
+            y = y + self.params["b"]
         return y
 
     def backward(self, dy):
-        x, gW = self._x, self.grads["W"]
-        gWt = gW.T
-        if not gWt.flags.c_contiguous:
-            np.matmul(x.T, dy, out=gW)
-        elif len(dy) == 1:  # outer product; a BLAS call costs more here
-            np.multiply(dy.T, x, out=gWt)
-        else:
-            np.matmul(dy.T, x, out=gWt)
+        self.grads["W"] = self._x.T @ dy
         if self.use_bias:
-            np.sum(dy, axis=0, out=self.grads["b"])
-        return np.matmul(dy, self.params["W"].T) if self.needs_input_grad else None
+            self.grads["b"] = dy.sum(axis=0)
+        return dy @ self.params["W"].T if self.needs_input_grad else None

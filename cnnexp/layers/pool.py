@@ -1,4 +1,10 @@
-"""Max and average pooling over ``pool x pool`` windows (stride defaults to the pool size)."""
+"""Max and average pooling over ``pool x pool`` windows (stride defaults to the pool size).
+
+Input ``(N, H, W, C)`` -> output ``(N, OH, OW, C)`` with ``OH = (H - PH) // SH + 1`` (and the
+same for widths). When the windows tile the input (stride == pool) pooling is a reshape to
+``(N, OH, PH, OW, PW, C)`` and a reduction; otherwise it reduces a strided window view
+``(N, OH, OW, PH, PW, C)`` and backward sums the window gradients back (``scatter_windows``).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +12,7 @@ import numpy as np
 
 from ..registry import LAYERS
 from .base import Layer, ShapeError, pair
-from .conv import windows
+from .conv import scatter_windows, windows
 
 
 class _Pool2D(Layer):
@@ -16,8 +22,8 @@ class _Pool2D(Layer):
         self.sh, self.sw = pair(stride if stride is not None else (self.ph, self.pw), "stride")
 
     @property
-    def _tiled(self) -> bool:
-        """Non-overlapping windows: pooling is a reshape, no window view needed."""
+    def tiled(self) -> bool:
+        """Non-overlapping windows with no gaps: pooling is a reshape, no window view needed."""
         return (self.sh, self.sw) == (self.ph, self.pw)
 
     def output_shape_for(self, input_shape):
@@ -28,29 +34,27 @@ class _Pool2D(Layer):
             raise ShapeError(f"pool {self.ph}x{self.pw} is larger than its input {h}x{w}")
         return ((h - self.ph) // self.sh + 1, (w - self.pw) // self.sw + 1, c)
 
-    def _blocks(self, x):
-        """Tiled case: view (N, OH, PH, OW, PW, C) of the part of x that the windows cover."""
-        n, h, w, c = x.shape
-        oh, ow = h // self.ph, w // self.pw
-        return x[:, :oh * self.ph, :ow * self.pw, :].reshape(n, oh, self.ph, ow, self.pw, c)
+    def _view(self, x):
+        """The windows of ``x`` and the axes to reduce: tiled ``(N, OH, PH, OW, PW, C)`` over
+        axes (2, 4), otherwise ``(N, OH, OW, PH, PW, C)`` over axes (3, 4)."""
+        if self.tiled:
+            n, h, w, c = x.shape
+            oh, ow = h // self.ph, w // self.pw
+            return x[:, :oh * self.ph, :ow * self.pw, :].reshape(n, oh, self.ph, ow, self.pw, c), (2, 4)
+        return windows(x, self.ph, self.pw, self.sh, self.sw), (3, 4)
 
-    def _unblock(self, dblk, xshape):
-        """Tiled case: gradient blocks (N, OH, PH, OW, PW, C) back to an input of ``xshape``."""
-        n, oh, ph, ow, pw, c = dblk.shape
-        if (oh * ph, ow * pw) == tuple(xshape[1:3]):
-            return dblk.reshape(xshape)
-        dx = np.zeros(xshape, dtype=dblk.dtype)
-        dx[:, :oh * ph, :ow * pw, :] = dblk.reshape(n, oh * ph, ow * pw, c)
-        return dx
+    def _back(self, dwin, xshape):
+        """Window gradients (shaped like ``_view``'s) back onto an input of ``xshape``."""
+        if self.tiled:
+            n, oh, ph, ow, pw, c = dwin.shape
+            dx = np.zeros(xshape, dtype=dwin.dtype)
+            dx[:, :oh * ph, :ow * pw, :] = dwin.reshape(n, oh * ph, ow * pw, c)
+            return dx
+        return scatter_windows(dwin, xshape, self.sh, self.sw)
 
-    def _scatter(self, dwin, xshape):
-        """Overlapping case: sum window gradients (N, OH, OW, PH, PW, C) onto ``xshape``."""
-        dx = np.zeros(xshape, dtype=dwin.dtype)
-        n, oh, ow = dwin.shape[:3]
-        for i in range(self.ph):
-            for j in range(self.pw):
-                dx[:, i:i + self.sh * oh:self.sh, j:j + self.sw * ow:self.sw, :] += dwin[:, :, :, i, j, :]
-        return dx
+    def _expand(self, a):
+        """Output-shaped ``a`` broadcastable against ``_view``'s windows."""
+        return a[:, :, None, :, None, :] if self.tiled else a[:, :, :, None, None, :]
 
 
 @LAYERS.register("maxpool2d")
@@ -59,20 +63,15 @@ class MaxPool2D(_Pool2D):
     (as the seed post's code does; ties share the full gradient)."""
 
     def forward(self, x, training=False):
-        if self._tiled:
-            y = self._blocks(x).max(axis=(2, 4))
-        else:
-            y = windows(x, self.ph, self.pw, self.sh, self.sw).max(axis=(3, 4))
+        win, axes = self._view(x)
+        y = win.max(axis=axes)
         self._x, self._y = x, y
         return y
 
     def backward(self, dy):
-        x, y = self._x, self._y
-        if self._tiled:
-            mask = self._blocks(x) == y[:, :, None, :, None, :]
-            return self._unblock(mask * dy[:, :, None, :, None, :], x.shape)
-        win = windows(x, self.ph, self.pw, self.sh, self.sw)
-        return self._scatter((win == y[:, :, :, None, None, :]) * dy[:, :, :, None, None, :], x.shape)
+        win, _ = self._view(self._x)
+        mask = win == self._expand(self._y)
+        return self._back(mask * self._expand(dy), self._x.shape)
 
 
 @LAYERS.register("avgpool2d")
@@ -81,15 +80,11 @@ class AvgPool2D(_Pool2D):
 
     def forward(self, x, training=False):
         self._xshape = x.shape
-        if self._tiled:
-            return self._blocks(x).mean(axis=(2, 4))
-        return windows(x, self.ph, self.pw, self.sh, self.sw).mean(axis=(3, 4))
+        win, axes = self._view(x)
+        return win.mean(axis=axes)
 
     def backward(self, dy):
         n, oh, ow, c = dy.shape
-        g = dy / (self.ph * self.pw)
-        if self._tiled:
-            return self._unblock(np.broadcast_to(g[:, :, None, :, None, :], (n, oh, self.ph, ow, self.pw, c)),
-                                 self._xshape)
-        return self._scatter(np.broadcast_to(g[:, :, :, None, None, :], (n, oh, ow, self.ph, self.pw, c)),
-                             self._xshape)
+        win_shape = (n, oh, self.ph, ow, self.pw, c) if self.tiled else (n, oh, ow, self.ph, self.pw, c)
+        g = self._expand(dy / (self.ph * self.pw))
+        return self._back(np.broadcast_to(g, win_shape), self._xshape)

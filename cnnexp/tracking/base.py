@@ -1,5 +1,6 @@
-"""The small interface the training loop reports to. Only ``tracking/mlflow_tracker.py``
-knows MLflow; the core (layers, model, training loop) can run with ``NullTracker``."""
+"""The small interface the training loop reports to. The entry point uses ``JournalTracker``
+(``tracking/journal.py``); only ``tracking/sync.py`` and its helpers know MLflow; the core
+(layers, model, training loop) can run with ``NullTracker``."""
 
 from __future__ import annotations
 
@@ -17,6 +18,9 @@ class Tracker:
     def log_params(self, params: dict[str, Any]) -> None: ...
 
     def set_tags(self, tags: dict[str, Any]) -> None: ...
+
+    def log_dataset(self, dataset: dict[str, Any]) -> None:
+        """The training data: name, digest, source, location, split sizes."""
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
 
@@ -50,6 +54,10 @@ class MemoryTracker(Tracker):
         self.status: str | None = None
         self.error: str | None = None
         self.results: dict[str, Any] | None = None
+        self.dataset: dict[str, Any] | None = None
+
+    def log_dataset(self, dataset):
+        self.dataset = dataset
 
     def log_params(self, params):
         self.params.update(params)

@@ -1,42 +1,27 @@
-"""Hydra callback (``hydra.callbacks`` in conf/config.yaml): a parent MLflow run per sweep.
+"""Hydra callback (``hydra.callbacks`` in conf/config.yaml): a sweep's one follower.
 
-on_multirun_start creates the store, the experiment and the parent run before any job runs
-and exports the parent's id as ``$CNNEXP_PARENT_RUN_ID`` (job processes, also joblib's, inherit
-it); on_multirun_end records the best job and a summary table and ends the parent. A sweep cut
-short (Ctrl-C, SIGTERM, a crash) ends its parent KILLED or FAILED: ``cnnexp.cli.main`` calls
-``close_open_sweeps``, and an atexit hook covers other entry points.
+on_multirun_start writes ``<sweep dir>/sweep.json`` (the jobs find it there, whatever launcher
+runs them, as long as they see the sweep folder) and starts the sweep's follower, which makes
+the parent run and the jobs' runs as their journals grow. on_multirun_end marks the sweep
+ended, waits for the follower (it summarises the jobs into the parent and ends it), says where
+the sweep is and exits 1 when a job failed. A sweep cut short needs nothing here: the follower
+sees the sweep's process gone and ends the parent KILLED.
 
 Importing this module is cheap (Hydra instantiates the callback for single runs too).
 """
 
 from __future__ import annotations
 
-import atexit
+import logging
 import os
+import sys
+from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from .meta import PARENT_ENV
-
-OPEN: list = []  # SweepRuns not ended yet
-FAILED_JOBS: list[str] = []  # overrides of the jobs that failed, from the store (joblib jobs run elsewhere)
-_atexit = False
-
-
-def close_open_sweeps(exc: BaseException | None = None) -> None:
-    """End every sweep still open: KILLED after an interrupt, else FAILED."""
-    interrupted = isinstance(exc, KeyboardInterrupt) or (isinstance(exc, SystemExit) and exc.code == 130)
-    while OPEN:
-        sweep = OPEN.pop()
-        os.environ.pop(PARENT_ENV, None)
-        try:
-            sweep.end("KILLED" if interrupted else "FAILED",
-                      "the sweep was interrupted" if interrupted else
-                      f"the sweep stopped before it finished: {exc!r}" if exc else "the sweep did not finish")
-        except Exception:  # noqa: BLE001  (exiting anyway)
-            pass
+logger = logging.getLogger("cnnexp")
 
 
 def _target(node: Any) -> str | None:
@@ -46,33 +31,51 @@ def _target(node: Any) -> str | None:
 
 class MlflowSweepCallback(Callback):
     def __init__(self) -> None:
-        self.sweep = None
+        self.folder: Path | None = None
+        self.follower: int | None = None  # its pid (the callback is pickled to joblib's workers: no Popen)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         tracking = OmegaConf.to_container(config.tracking, resolve=True) if "tracking" in config else {}
         if not tracking.get("enabled", True):
             return
-        from .sweep import SweepRun
+        from ..errors import CnnexpError
+        from . import follower, store, sweep
 
         hydra = config.hydra
         space = OmegaConf.select(config, "hydra.sweeper.params", default=None)
-        info = {"overrides": list(hydra.overrides.task), "sweep_dir": str(hydra.sweep.dir),
-                "sweeper": _target(hydra.get("sweeper")), "launcher": _target(hydra.get("launcher")),
+        info = {"overrides": list(hydra.overrides.task), "sweeper": _target(hydra.get("sweeper")),
+                "launcher": _target(hydra.get("launcher")),
                 "search_space": OmegaConf.to_container(space) if space else None}
-        global _atexit
-        self.sweep = SweepRun.start(tracking, info)
-        OPEN.append(self.sweep)
-        os.environ[PARENT_ENV] = self.sweep.run_id
-        if not _atexit:
-            atexit.register(close_open_sweeps)
-            _atexit = True
+        try:
+            background = store.precheck(store.resolve_uri(tracking.get("uri")))
+            self.folder = Path(str(hydra.sweep.dir)).resolve()
+            sweep.begin(self.folder, tracking, info)
+            self.follower = follower.spawn(self.folder).pid if background else None
+        except CnnexpError as e:  # (Hydra turns a callback's exception into a warning)
+            print(f"cnnexp: error: {e}", file=sys.stderr, flush=True)
+            sys.exit(e.exit_code)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        if self.sweep is None:
+        if self.folder is None:
             return
-        if self.sweep in OPEN:
-            OPEN.remove(self.sweep)
-        os.environ.pop(PARENT_ENV, None)
-        self.sweep.end()
-        FAILED_JOBS.extend(self.sweep.failed)
-        self.sweep = None
+        from ..errors import TrackingError
+        from .journal import STATE, read_json
+        from .sweep import end, sync_sweep
+
+        end(self.folder)
+        if self.follower is not None:
+            try:
+                os.waitpid(self.follower, 0)  # bounded by the follower's patience with the store
+            except ChildProcessError:
+                pass
+        try:
+            state = read_json(self.folder / STATE)
+            if not state.get("done"):  # no follower (another kind of store), or it died
+                state = sync_sweep(self.folder)
+        except TrackingError as e:
+            print(f"cnnexp: error: {e}", file=sys.stderr, flush=True)
+            sys.exit(e.exit_code)
+        logger.info(f"MLflow sweep run {state['run_id']} ({state.get('status')}): {state.get('link')}")
+        if state.get("failed"):
+            print(f"cnnexp: {len(state['failed'])} job(s) failed: " + "; ".join(state["failed"]), file=sys.stderr)
+            sys.exit(1)

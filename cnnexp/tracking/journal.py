@@ -1,23 +1,15 @@
-"""Tracking off the training process's critical path.
+"""The journal: every run's record, written by the training process (no MLflow here).
 
-``JournalTracker`` appends what a run reports to ``<run dir>/tracking/journal.jsonl`` (one
-JSON event per line; no MLflow in this process) and starts the background logger,
-``python -m cnnexp.tracking.agent``, which imports MLflow, creates the run and replays the
-journal into the store while training goes on, then draws the plots and logs the model. The
-training process does not wait for it unless ``tracking.wait=true``: importing MLflow and
-logging the model and plots take seconds, several times what a small run trains for.
+Each run appends JSON lines to ``<root>/<run key>/journal.jsonl``, where ``<root>`` is
+``<outputs>/journals`` for a single run and ``<sweep dir>/journals`` for a sweep's job, and the
+run key is unique per run (time, pid, random): runs sharing or reusing a run folder never
+share a journal. Events: ``start`` (key, writer pid, its start time and host, config, Hydra
+job info, the sweep), ``params``, ``tags``, ``dataset``, ``metrics``, ``artifact``, ``text``,
+``results``, ``finish``. Each event is one ``write`` of one whole line; a failed write (disk
+full) stops the journal, never the training (one warning line).
 
-Files in ``<run dir>/tracking/``::
-
-    journal.jsonl   start, params, tags, metrics, artifact, text, results, finish events
-    result/         what ``artifacts.prepare_results`` wrote at the end (weights, plot data)
-    agent.pid       the background logger's pid (written by the training process)
-    agent.json      its state: starting, running, done or failed (+ run_id, error)
-    agent.log       its log
-
-The logger watches its stdin, a pipe from the training process: when the pipe closes without
-a ``finish`` event (the process was killed), it ends the run KILLED. ``wait_for_agents`` lets
-a sweep (or a test) wait until the runs under a folder are all logged.
+``cnnexp.tracking.sync`` turns a journal into an MLflow run. A run's folder is listed in
+``<outputs>/journals/.pending/`` until it is synced, so any later run can catch it up cheaply.
 """
 
 from __future__ import annotations
@@ -25,66 +17,198 @@ from __future__ import annotations
 import json
 import logging
 import os
-import subprocess
-import sys
+import secrets
+import socket
 import time
 from pathlib import Path
 from typing import Any
 
 from ..errors import TrackingError
+from ..paths import outputs_dir
 from .base import INTERVAL_KEYS, Tracker
-from .store import alive
 
 logger = logging.getLogger("cnnexp")
-JOURNAL, STATUS, PID, LOG, RESULT = "journal.jsonl", "agent.json", "agent.pid", "agent.log", "result"
-LAUNCHER_PID = "launcher.pid"
-FINAL_STATES = ("done", "failed")
+JOURNAL, STATE, SWEEP_FILE = "journal.jsonl", "sync.json", "sweep.json"
 
 
+# -- who wrote it, and is it still writing? ---------------------------------------------------
+def process_start(pid: int) -> int | None:
+    """The process's start time (clock ticks since boot, /proc/<pid>/stat field 22): with the
+    pid it names one process, even after the pid is reused."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def identity(pid: int | None = None) -> dict:
+    pid = pid or os.getpid()
+    return {"pid": pid, "pid_start": process_start(pid), "host": socket.gethostname()}
+
+
+def alive(who: dict, stale_seconds: float | None = None, heartbeat: Path | None = None) -> bool:
+    """Is the process ``who`` (from ``identity``) still running? On another host pids mean
+    nothing: it counts as alive while ``heartbeat`` (its journal) changed in the last
+    ``stale_seconds`` ($CNNEXP_STALE_SECONDS, default an hour)."""
+    if who.get("host") != socket.gethostname():
+        stale = stale_seconds or float(os.environ.get("CNNEXP_STALE_SECONDS", 3600))
+        try:
+            return heartbeat is not None and time.time() - heartbeat.stat().st_mtime < stale
+        except OSError:
+            return False
+    start = process_start(int(who["pid"]))
+    if start is None or (who.get("pid_start") is not None and start != who["pid_start"]):
+        return False
+    try:  # a zombie (exited, not yet reaped) is gone too
+        return Path(f"/proc/{who['pid']}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+# -- where journals are -----------------------------------------------------------------------
+def new_key() -> str:
+    return f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
+def pending_dir(outputs: Path | None = None) -> Path:
+    return (outputs or outputs_dir()) / "journals" / ".pending"
+
+
+def register(folder: Path, outputs: Path | None = None) -> None:
+    """List ``folder`` as not synced yet (removed by ``unregister`` once it is)."""
+    d = pending_dir(outputs)
+    d.mkdir(parents=True, exist_ok=True)
+    (d / folder.name).write_text(str(folder.resolve()))
+
+
+def unregister(folder: Path, outputs: Path | None = None) -> None:
+    (pending_dir(outputs) / Path(folder).name).unlink(missing_ok=True)
+
+
+def pending(outputs: Path | None = None) -> list[Path]:
+    """The journal folders (and sweep folders) listed as not synced yet; markers of vanished
+    folders are dropped."""
+    d = pending_dir(outputs)
+    out = []
+    for marker in sorted(d.glob("*")) if d.is_dir() else []:
+        try:
+            folder = Path(marker.read_text().strip())
+        except OSError:
+            continue
+        if (folder / JOURNAL).is_file() or (folder / SWEEP_FILE).is_file():
+            out.append(folder)
+        else:
+            marker.unlink(missing_ok=True)
+    return out
+
+
+def folders(root: Path) -> list[Path]:
+    """The journal folders directly under ``root`` (a ``journals`` folder)."""
+    return sorted(p.parent for p in Path(root).glob(f"*/{JOURNAL}"))
+
+
+def read_json(path: Path) -> dict:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def write_json(path: Path, data: dict) -> None:
+    """Replace ``path`` atomically (a reader never sees half a file)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, path)
+
+
+def read_events(path: Path, offset: int = 0) -> tuple[list[tuple[int, dict]], int]:
+    """Whole lines after byte ``offset``: ``[(end offset, event)]`` and the offset reached.
+    A last line without its newline (being written, or cut by a full disk) is left."""
+    with open(path, "rb") as f:
+        f.seek(offset)
+        data = f.read()
+    out, pos = [], offset
+    for line in data.split(b"\n")[:-1]:
+        pos += len(line) + 1
+        if line.strip():
+            out.append((pos, json.loads(line)))
+    return out, pos
+
+
+def first_event(folder: Path) -> dict:
+    with open(Path(folder) / JOURNAL, "rb") as f:
+        line = f.readline()
+    return json.loads(line) if line.endswith(b"\n") else {}
+
+
+# -- the writer -------------------------------------------------------------------------------
 class JournalTracker(Tracker):
-    """Writes a run's events to ``folder/journal.jsonl`` for the background logger."""
+    """The training process's tracker: appends events to its journal. ``seconds`` is the time
+    it spent doing so (``perf/tracking_seconds``)."""
 
     FLUSH_POINTS = 1000
     FLUSH_SECONDS = 5.0
 
-    def __init__(self, folder: Path, cfg: dict, wait: bool = False):
-        self.folder, self.cfg, self.wait = Path(folder), cfg, wait
-        self.folder.mkdir(parents=True, exist_ok=True)
-        self._file = open(self.folder / JOURNAL, "a", encoding="utf-8")
+    def __init__(self, folder: Path, cfg: dict):
+        self.folder, self.cfg = Path(folder), cfg
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            self._fd = os.open(self.folder / JOURNAL, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise TrackingError(f"cannot create the run's journal in {self.folder} ({e.strerror or e}); "
+                                f"free some space or set CNNEXP_OUTPUTS to a writable folder") from None
         self._metrics: list[list] = []
         self._last_flush = time.monotonic()
-        self._done = False
-        self._launcher: subprocess.Popen | None = None  # holds the logger's stdin pipe
-        self.seconds = 0.0  # time this process spent tracking
-        self.errors: list[str] = []
+        self.broken: str | None = None  # why the journal stopped (disk full), if it did
+        self.status: str | None = None  # the end written by ``finish``
+        self.seconds = 0.0
 
     @classmethod
-    def start(cls, cfg: dict, info: dict, folder: Path, wait: bool = False) -> "JournalTracker":
-        """Write the start event (config and job info) and start the background logger."""
+    def start(cls, cfg: dict, info: dict, root: Path, uri: str | None = None) -> "JournalTracker":
+        """A new journal under ``root`` (its folder named by a new run key), with the start event."""
         t0 = time.perf_counter()
-        self = cls(folder, cfg, wait)
-        self._write({"event": "start", "cfg": cfg, "info": {**info, "job_pid": os.getpid()}, "pid": os.getpid(),
-                     "time": time.time()})
-        self._launcher = spawn_agent(self.folder)
-        logger.info(f"MLflow: logging in the background (log {self.folder / LOG})")
+        key = new_key()
+        self = cls(Path(root) / key, cfg)
+        sweep = read_json(Path(info["sweep_dir"]) / SWEEP_FILE) if info.get("sweep_dir") else {}
+        self._write({"event": "start", "key": key, **identity(), "time": time.time(), "cfg": cfg,
+                     "info": info, "uri": uri, "sweep": sweep.get("key"), "outputs": str(outputs_dir())})
+        try:
+            register(self.folder)
+        except OSError as e:
+            self._broke(e)
         self.seconds += time.perf_counter() - t0
         return self
 
     def _write(self, event: dict) -> None:
-        self._file.write(json.dumps(event) + "\n")
-        self._file.flush()
+        if self.broken:
+            return
+        data = (json.dumps(event) + "\n").encode()
+        try:
+            if os.write(self._fd, data) != len(data):
+                raise OSError(28, "No space left on device (short write)")
+        except OSError as e:
+            self._broke(e)
+
+    def _broke(self, e: OSError) -> None:
+        if self.broken:
+            return
+        self.broken = f"{e.strerror or e}"
+        logger.warning(f"cnnexp: warning: cannot write the run's journal {self.folder / JOURNAL} "
+                       f"({self.broken}); training goes on, tracking stops here")
 
     def _timed(self, event: dict) -> None:
         t0 = time.perf_counter()
         self._write(event)
         self.seconds += time.perf_counter() - t0
 
-    # -- the Tracker interface ------------------------------------------------------------
     def log_params(self, params: dict[str, Any]) -> None:
         self._timed({"event": "params", "params": params})
 
     def set_tags(self, tags: dict[str, Any]) -> None:
         self._timed({"event": "tags", "tags": {k: str(v) for k, v in tags.items() if v is not None}})
+
+    def log_dataset(self, dataset: dict[str, Any]) -> None:
+        self._timed({"event": "dataset", **dataset})
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         ts = int(time.time() * 1000)
@@ -106,141 +230,28 @@ class JournalTracker(Tracker):
         self._timed({"event": "text", "text": text, "artifact_file": artifact_file})
 
     def log_results(self, result: dict[str, Any]) -> None:
-        """Write the weights and plot data (numpy only) for the logger to upload and draw."""
+        """Weights and plot data (numpy only) for the sync to upload and draw."""
         from .artifacts import prepare_results
 
         t0 = time.perf_counter()
-        folder = self.folder / RESULT
-        self.errors += prepare_results(result, self.cfg, folder)
-        self._write({"event": "results", "folder": str(folder.resolve()), "errors": self.errors})
+        folder = self.folder / "result"
+        try:
+            errors = prepare_results(result, self.cfg, folder)
+        except OSError as e:
+            errors = [f"results: {e.strerror or e}"]
+        self._write({"event": "results", "folder": str(folder.resolve()), "errors": errors})
         self.seconds += time.perf_counter() - t0
 
     def finish(self, status: str = "FINISHED", error: str | None = None) -> None:
-        """Write the finish event and let the logger go (or wait for it with ``wait``).
-        Only the first call counts."""
-        if self._done:
+        """Write the end (only the first call counts)."""
+        if self.status is not None:
             return
-        self._done = True
+        self.status = status
         t0 = time.perf_counter()
         self.flush()
         for h in logging.getLogger().handlers:  # the job's log file is uploaded at the end
             h.flush()
         self.seconds += time.perf_counter() - t0
-        self._write({"event": "finish", "status": status, "error": error, "seconds": self.seconds})
-        self._file.close()
-        if self._launcher is not None:
-            self._launcher.stdin.close()  # the logger sees the training process is done
-            self._launcher.poll()  # (reap the launcher, long gone by now)
-        if self.wait:
-            self.wait_for_agent()
-        else:
-            logger.info(f"MLflow: the run is still being logged in the background (state: {self.folder / STATUS})")
-
-    def wait_for_agent(self, timeout: float = 600.0) -> dict:
-        """Block (bounded) until the logger has finished; log its failure, if any. Returns its state."""
-        deadline = time.monotonic() + timeout
-        while pending(self.folder) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        state = read_status(self.folder)
-        if state.get("state") == "done":
-            logger.info(f"MLflow: run {state.get('run_id')} logged")
-        else:
-            logger.error(f"cnnexp: the background MLflow logger did not finish "
-                         f"({state.get('error') or state.get('state') or 'no state'}); see {self.folder / LOG}; "
-                         f"log the run again with: python -m cnnexp.tracking.agent {self.folder}")
-        return state
-
-
-# Starts the logger, writes its pid to agent.pid and exits: the logger is thus nobody's child
-# (joblib's loky kills a worker's whole process tree when a sweep is interrupted; the logger
-# must survive that). Run with -S: it needs nothing beyond the standard library.
-_LAUNCH = """import os, subprocess, sys
-log, pid_file, cmd = sys.argv[1], sys.argv[2], sys.argv[3:]
-with open(log, "ab") as f:
-    p = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
-with open(pid_file + ".tmp", "w") as f:
-    f.write(str(p.pid))
-os.replace(pid_file + ".tmp", pid_file)
-"""
-
-
-def spawn_agent(folder: Path) -> subprocess.Popen:
-    """Start ``python -m cnnexp.tracking.agent --follow <folder>`` in its own session (a Ctrl-C
-    in the terminal reaches the training process only, which then ends the run KILLED through
-    the journal), through a launcher that exits at once; nothing waits for either. Returns the
-    launcher: the write end of its stdin pipe, which the logger inherits, is the logger's sign
-    of life from this process (closed at ``finish``, or by the kernel if this process dies).
-    The logger's output goes to ``agent.log``."""
-    cmd = [sys.executable, "-S", "-c", _LAUNCH, str(folder / LOG), str(folder / PID),
-           sys.executable, "-m", "cnnexp.tracking.agent", "--follow", str(folder)]
-    try:
-        with open(folder / LOG, "ab") as log:
-            launcher = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT,
-                                        close_fds=True, start_new_session=True)  # no Ctrl-C meant for training
-    except OSError as e:
-        raise TrackingError(f"cannot start the background MLflow logger ({e}); "
-                            f"set tracking.background=false to log from this process") from None
-    (folder / LAUNCHER_PID).write_text(str(launcher.pid))
-    return launcher
-
-
-def read_status(folder: Path) -> dict:
-    try:
-        return json.loads((Path(folder) / STATUS).read_text())
-    except (OSError, ValueError):
-        return {}
-
-
-def write_status(folder: Path, **state) -> None:
-    """Replace ``agent.json`` atomically (a reader never sees half a file)."""
-    path = Path(folder) / STATUS
-    tmp = path.with_name(f".{STATUS}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"pid": os.getpid(), **state, "updated": time.time()}))
-    os.replace(tmp, path)
-
-
-def pending(folder: Path) -> bool:
-    """Is the logger of this run folder still working (or still being started)?"""
-    folder = Path(folder)
-    if read_status(folder).get("state") in FINAL_STATES:
-        return False
-    for name in (PID, LAUNCHER_PID):  # the logger's pid, once the launcher has written it
-        try:
-            return working(int((folder / name).read_text()))
-        except (OSError, ValueError):
-            continue
-    return False
-
-
-def working(pid: int) -> bool:
-    """The process exists and is not a zombie (exited, not yet reaped by its parent)."""
-    if not alive(pid):
-        return False
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
-
-
-def journals(root: str | Path) -> list[Path]:
-    """The tracking folders (those with a journal) under ``root``."""
-    return sorted(p.parent for p in Path(root).rglob(JOURNAL))
-
-
-def wait_for_agents(root: str | Path, timeout: float = 120.0) -> list[Path]:
-    """Wait (bounded) until every background logger under ``root`` has finished. Returns the
-    folders whose logger is still working at the timeout."""
-    t0 = time.monotonic()
-    said = False
-    while True:
-        busy = [f for f in journals(root) if pending(f)]
-        waited = time.monotonic() - t0
-        if not busy or waited > timeout:
-            if busy:
-                logger.warning(f"cnnexp: {len(busy)} background MLflow logger(s) still working after "
-                               f"{timeout:.0f} s: " + ", ".join(map(str, busy)))
-            return busy
-        if not said and waited > 2:
-            logger.info(f"Waiting for {len(busy)} background MLflow logger(s) to finish")
-            said = True
-        time.sleep(0.1)
+        self._write({"event": "finish", "status": status, "error": error, "seconds": self.seconds,
+                     "time": time.time()})
+        os.close(self._fd)

@@ -14,7 +14,6 @@ MAX_KEY = 250  # MLflow's limit on param / metric / tag keys
 MAX_PARAM_VALUE = 6000  # MLflow's limit on a param value (500 before MLflow 2.6)
 MAX_RUN_NAME = 250
 MAX_TAG_VALUE = 8000
-PARENT_ENV = "CNNEXP_PARENT_RUN_ID"  # set by the sweep callback: the parent run of a sweep's jobs
 
 
 def scalar(v: Any) -> str:
@@ -56,9 +55,25 @@ def flatten(cfg: Any, prefix: str = "") -> dict[str, str]:
     return out
 
 
+def short_value(text: str) -> str:
+    """A float as written, or to 4 significant digits when it is longer (``0.005899745...`` ->
+    ``0.0059``); anything else unchanged."""
+    try:
+        v = float(text)
+    except ValueError:
+        return text
+    if text.lstrip("+-").isdigit() or v != v or v in (float("inf"), float("-inf")):
+        return text
+    short = f"{v:.4g}"
+    return short if len(short) < len(text) else text
+
+
 def run_name(overrides: list[str] | None) -> str:
     """``lr=0.01,epochs=5`` from the Hydra overrides; ``default`` when there are none."""
-    return clip(",".join(overrides), MAX_RUN_NAME) if overrides else "default"
+    if not overrides:
+        return "default"
+    parts = [f"{k}={short_value(v)}" if sep else k for k, sep, v in (o.partition("=") for o in overrides)]
+    return clip(",".join(parts), MAX_RUN_NAME)
 
 
 def _read(path: Path) -> str | None:

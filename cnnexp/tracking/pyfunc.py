@@ -22,6 +22,7 @@ import mlflow
 import mlflow.pyfunc
 import numpy as np
 
+from ..plugins import plugin_files
 from .export import load_model_files
 
 INPUT_DOC = ("raw images (N, H, W) or (N, H, W, C) with pixel values 0-255, any numeric dtype, "
@@ -71,7 +72,7 @@ def log_pyfunc(run_id: str, experiment_id: str, weights: Path, spec: Path, examp
         return Model.log(
             artifact_path=None, name="model", flavor=mlflow.pyfunc, run_id=run_id,
             python_model=CnnPyfunc(), artifacts={"weights": str(weights), "spec": str(spec)},
-            signature=signature, input_example=example,
+            signature=signature, input_example=example, code_paths=plugin_files(spec) or None,  # plugins=[...]
             pip_requirements=[f"mlflow=={mlflow.__version__}", f"numpy=={np.__version__}"],
             metadata={"input": INPUT_DOC, "code": "needs the cnnexp package installed"},
             flavor_name="python_function",

@@ -22,8 +22,6 @@ import os
 import random
 import re
 import time
-import urllib.error
-import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, TypeVar
@@ -107,6 +105,9 @@ def ensure_store(uri: str) -> None:
 
 def check_server(uri: str) -> None:
     """An MLflow server answers ``/health`` at ``uri`` (milliseconds; no MLflow import)."""
+    import urllib.error  # here: `cnnexp runs` reads SQLite and should not pay for http imports
+    import urllib.request
+
     try:
         urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=10).close()
     except (urllib.error.URLError, OSError) as e:
@@ -126,9 +127,15 @@ def precheck(uri: str) -> bool:
         except OSError as e:
             raise TrackingError(f"cannot create the folder of the MLflow store {db} ({e.strerror}); "
                                 f"set tracking.uri to a writable sqlite:/// path") from None
+        if db.is_dir():
+            raise TrackingError(f"the MLflow store {db} is a folder, not an SQLite file; set tracking.uri to "
+                                f"sqlite:///{db / 'mlflow.db'} or another file path") from None
         if not os.access(db.parent, os.W_OK) or (db.exists() and not os.access(db, os.W_OK)):
             raise TrackingError(f"the MLflow store {db} is not writable; set tracking.uri to a writable "
                                 f"sqlite:/// path") from None
+        if db.is_file() and db.stat().st_size and not db.read_bytes()[:16] == b"SQLite format 3\0":
+            raise TrackingError(f"the MLflow store {db} is not an SQLite database (another file is in its "
+                                f"place); move it away or set tracking.uri to another sqlite:/// path") from None
         return True
     if is_http(uri):
         check_server(uri)
@@ -136,13 +143,67 @@ def precheck(uri: str) -> bool:
     return False
 
 
+def forget(uri: str) -> None:
+    """Drop MLflow's cached engines and stores for ``uri`` (the SQLite file was replaced)."""
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+    from mlflow.tracking._tracking_service.utils import _tracking_store_registry
+
+    engine = SqlAlchemyStore._engine_map.pop(uri, None)
+    if engine is not None:
+        engine.dispose()
+    _tracking_store_registry._get_store_with_resolved_uri.cache_clear()
+
+
+def file_id(uri: str) -> list | None:
+    """Which file the SQLite store is (device, inode), None when missing or not SQLite."""
+    db = sqlite_path(uri)
+    try:
+        st = db.stat() if db is not None else None
+    except OSError:
+        return None
+    return [st.st_dev, st.st_ino] if st else None
+
+
+def link(uri: str, exp_id: str, run_id: str) -> str:
+    """Where to see a run: the server's page, or the `mlflow ui` command and the page it serves."""
+    if is_http(uri):
+        return f"{uri.rstrip('/')}/#/experiments/{exp_id}/runs/{run_id}"
+    return f"mlflow ui --backend-store-uri {uri}, then http://127.0.0.1:5000/#/experiments/{exp_id}/runs/{run_id}"
+
+
+def resolve_run_id(c, prefix: str, uri: str) -> str:
+    """A full run id from a unique prefix (the runs table prints 8 characters)."""
+    from ..errors import ConfigError
+
+    prefix = str(prefix).strip().lower()
+    if len(prefix) == 32:
+        return prefix
+    ids = {r.info.run_id for e in retry(c.search_experiments) for r in
+           retry(c.search_runs, [e.experiment_id], max_results=50000) if r.info.run_id.startswith(prefix)}
+    if len(ids) != 1:
+        raise ConfigError(f"run id {prefix!r} matches {'no run' if not ids else f'{len(ids)} runs'} in {uri}; "
+                          f"give {'a run id from `cnnexp runs`' if not ids else 'more characters'}")
+    return ids.pop()
+
+
+_files: dict[str, list | None] = {}  # the SQLite file each URI's cached MLflow engine is on
+
+
 def client(uri: str):
-    """An MlflowClient on a store that is ready to use."""
+    """An MlflowClient on a store that is ready to use (on a fresh engine when the SQLite file
+    was deleted or replaced since the last call)."""
+    if sqlite_path(uri) is not None:
+        if uri in _files and file_id(uri) != _files[uri]:
+            forget(uri)
+        ensure_store(uri)
+        _files[uri] = file_id(uri)
     ensure_store(uri)  # first: an unreachable server fails in milliseconds, before MLflow loads
     import mlflow
     from mlflow.tracking import MlflowClient
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no tqdm bars in run logs
+    # a store error is reported by cnnexp in one line; not with MLflow's traceback as well
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
     mlflow.set_tracking_uri(uri)  # for mlflow.models.Model.log, which reads the global URI
     return MlflowClient(uri)
 
@@ -175,39 +236,16 @@ def _create_experiment(client, name: str, location: str | None) -> str:
         return client.get_experiment_by_name(name).experiment_id
 
 
-def reap_stale_runs(client, exp_id: str, host: str) -> None:
-    """Runs of this host whose process is gone (killed with SIGKILL, machine rebooted) are
-    still RUNNING: end them as KILLED. Only for local stores, where pids mean something."""
-    try:
-        runs = client.search_runs([exp_id], "attributes.status = 'RUNNING' and tags.`cnnexp.host` = "
-                                  f"'{host}'", max_results=200)
-    except Exception:  # noqa: BLE001  (best effort)
-        return
-    for r in runs:
-        pid = r.data.tags.get("cnnexp.pid", "")
-        if pid.isdigit() and int(pid) != os.getpid() and not alive(int(pid)):
-            note = f"process {pid} on {host} ended without ending this run (killed?); marked KILLED later"
-            retry(client.set_tag, r.info.run_id, "mlflow.note.content", note)
-            retry(client.set_terminated, r.info.run_id, "KILLED")
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def download_checkpoint(run_id: str, uri: str, dst: str | Path) -> Path:
     """Fetch ``checkpoints/last.npz`` of an MLflow run; one-line errors for unknown runs."""
     from ..errors import ConfigError
 
     c = client(uri)
     try:
+        run_id = resolve_run_id(c, run_id, uri)
         c.get_run(run_id)
+    except ConfigError:
+        raise
     except Exception as e:  # noqa: BLE001  (MlflowException: RESOURCE_DOES_NOT_EXIST, bad id)
         raise ConfigError(f"resume={run_id!r} is neither a checkpoint file nor a run in {uri} "
                           f"({str(e).splitlines()[0][:200]}); pass a checkpoint path or an MLflow run id") from None

@@ -1,0 +1,160 @@
+"""``cnnexp`` as one command: subcommands, ``--help`` for people, ``--version``, shell
+completion, and sweep syntax the configured sweeper cannot run. ``cnnexp.cli.main`` calls
+``dispatch`` first; what is left (``cnnexp train ...`` = ``python -m cnnexp ...``) goes to Hydra.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+
+from .errors import ConfigError
+from .paths import conf_dir, outputs_dir
+
+SUBCOMMANDS = {
+    "train": "train one run, or a sweep with -m (the default: `cnnexp lr=0.01` = `cnnexp train lr=0.01`)",
+    "runs": "the latest sweep's runs (or the latest runs), best first, with full run ids",
+    "predict": "labels and probabilities for images (IDX, .npy, PNG) from a logged run's model",
+    "ui": "the MLflow UI on this project's store, on 127.0.0.1",
+    "sync": "log runs whose journal is not in the store yet (`cnnexp sync [folder]`)",
+    "completion": "print the bash completion script (`eval \"$(cnnexp completion)\"`)",
+}
+
+
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as v
+
+    try:
+        return v("cnnexp")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+def _options(group: str) -> list[str]:
+    return sorted(p.stem for p in (conf_dir() / group).glob("*.yaml"))
+
+
+def _described(group: str) -> list[str]:
+    out = []
+    for name in _options(group):
+        lines = (conf_dir() / group / f"{name}.yaml").read_text().splitlines()
+        about = next((ln.lstrip("# ").strip() for ln in lines if ln.startswith("#") and "@package" not in ln), "")
+        out.append(f"    {name:<14} {about[:90]}")
+    return out
+
+
+def help_text() -> str:
+    groups = ["model", "data", "optimizer", "lr_scheduler", "callbacks"]
+    width = max(map(len, groups))
+    return "\n".join([
+        f"cnnexp {version()}: small CNNs in numpy, configured with Hydra, tracked in MLflow.",
+        "",
+        "Usage:",
+        "  cnnexp [train] [key=value ...]        one run (python -m cnnexp ... is the same)",
+        "  cnnexp [train] -m key=a,b ...         a sweep: one run per combination",
+        *(f"  cnnexp {name:<12} {about}" for name, about in SUBCOMMANDS.items() if name != "train"),
+        "",
+        "Config groups (pick one with group=name):",
+        *(f"  {g:<{width}}  {', '.join(_options(g))}" for g in groups),
+        "",
+        "Experiments (experiment=name, presets over the defaults):",
+        *_described("experiment"),
+        "",
+        "Main knobs (defaults: the seed post's run):",
+        "  lr=0.005 epochs=3 batch_size=1 seed=0 log_every=100 (optimizer steps between progress lines)",
+        "  data.train_size=1000 data.val_size=0 data.test_size=1000 (null: the whole split)",
+        "  verbose=0|1|2|3 (quiet | epoch lines | + live bar on a terminal | + the post's step lines)",
+        "  resume=<run id | id prefix | checkpoint | run folder>  (continues with the run's own config)",
+        "  model.layers.0.filters=16 ... any key; `cnnexp --cfg job` prints the composed config",
+        "",
+        "Sweeps:",
+        "  cnnexp -m lr=0.001,0.005,0.01                     the basic sweeper: lists and range()",
+        "  cnnexp -m hydra/launcher=parallel lr=0.001,0.01   jobs in parallel worker processes",
+        "  cnnexp -m experiment=optuna_lr                    Optuna: interval() and choice() searches",
+        "",
+        "Where runs go:",
+        f"  store    sqlite:///{outputs_dir() / 'mlflow.db'}  (tracking.uri= or $MLFLOW_TRACKING_URI to change)",
+        f"  folders  {outputs_dir() / 'runs'}/<date>/<time>/ (checkpoints/, cnnexp.log)",
+        "",
+        "More: cnnexp --hydra-help (Hydra's own flags), docs/workflow.md, README.md.",
+    ])
+
+
+COMPLETION = r"""# cnnexp bash completion: `cnnexp ...` and `python -m cnnexp ...` (Hydra's -sc query does the work)
+_cnnexp_complete() {
+    local words=($COMP_LINE) run rest
+    if [ "${words[0]##*/}" = "cnnexp" ]; then run="${words[0]}"; rest="${COMP_LINE#*${words[0]}}"
+    elif [ "${words[1]}" = "-m" ] && [ "${words[2]}" = "cnnexp" ]; then
+        run="${words[0]} -m cnnexp"; rest="${COMP_LINE#*-m cnnexp}"
+    else return 0; fi
+    rest="${rest# train}"
+    local cur="${COMP_WORDS[COMP_CWORD]}" choices
+    choices=$(COMP_LINE="cnnexp$rest" COMP_POINT=$((6 + ${#rest})) $run -sc query=bash 2>/dev/null)
+    if [ "$rest" = " $cur" ] || [ -z "${rest// }" ]; then choices="train runs predict ui sync $choices"; fi
+    COMPREPLY=($(compgen -o nospace -W "$choices" -- "$cur"))
+}
+COMP_WORDBREAKS=${COMP_WORDBREAKS//=}
+complete -o nospace -o default -F _cnnexp_complete cnnexp python python3
+"""
+
+
+def check_sweep_syntax(argv: list[str]) -> None:
+    """``interval()`` is a search space only Optuna samples; the basic sweeper would fail with a
+    traceback after the sweep's parent run was created. Say so in one line, before anything runs."""
+    if not any(a in ("-m", "--multirun") for a in argv):
+        return
+    bad = [a for a in argv if re.search(r"=\s*(tag\(.*)?interval\(", a)]
+    if not bad:
+        return
+    from hydra import compose, initialize_config_dir
+
+    from .config import register_schemas
+
+    register_schemas()
+    picks = [a for a in argv if a.startswith(("hydra/sweeper=", "experiment=", "hydra.sweeper._target_="))]
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+        target = str(compose(config_name="config", overrides=picks, return_hydra_config=True).hydra.sweeper._target_)
+    if "optuna" not in target.lower():
+        raise ConfigError(f"{bad[0]}: interval() is a search range that only the Optuna sweeper samples; add "
+                          f"hydra/sweeper=optuna_max (see conf/experiment/optuna_lr.yaml), or give values: "
+                          f"{bad[0].split('=')[0]}=0.001,0.01,0.1")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The ``cnnexp`` script and ``python -m cnnexp``: subcommands, help and version without
+    importing Hydra (``cnnexp runs`` answers in a fraction of a second); training via ``cli.main``."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] != ["train"]:
+        dispatch(argv, check=False)
+    from .cli import main as train_main
+
+    train_main(argv)
+
+
+def dispatch(argv: list[str], check: bool = True) -> list[str]:
+    """Run a subcommand or print help/version (and exit); return the arguments for training."""
+    head = argv[0] if argv else ""
+    if head == "train":
+        argv = argv[1:]
+    elif head in ("runs", "predict", "ui"):
+        import importlib
+
+        sys.exit(importlib.import_module(f"cnnexp.{'ui_cmd' if head == 'ui' else head}").main(argv[1:]))
+    elif head == "sync":  # = python -m cnnexp.tracking sync [folder]
+        from .tracking.follower import main as sync_main
+
+        sys.exit(sync_main(argv))
+    elif head == "completion":
+        print(COMPLETION, end="")
+        sys.exit(0)
+    if any(a in ("-h", "--help") for a in argv):
+        print(help_text())
+        sys.exit(0)
+    if argv[:1] in (["--version"], ["-V"]):
+        print(f"cnnexp {version()}")
+        sys.exit(0)
+    if check:
+        check_sweep_syntax(argv)
+    return argv
+

@@ -1,0 +1,76 @@
+"""Compile a layer list into the stages one worker runs.
+
+Any layer list the registry can build compiles: a ``conv2d`` (any kernel, stride, padding,
+bias, channels) takes the built-in activation and the pool that follow it into one
+``ConvStage``; a ``dense`` takes the activation that follows it; other built-in layers get
+their own stage; anything else (a user-registered layer, a subclass that changes the maths)
+runs as itself in a ``LayerStage``. Only exact built-in types are fused.
+"""
+
+from __future__ import annotations
+
+from ..layers.activations import Dropout
+from ..layers.conv import Conv2D
+from ..layers.dense import Dense, Flatten
+from .conv import ConvStage
+from .ops import ActOp, PoolOp
+from .stages import DenseStage, DropoutStage, FlattenStage, LayerStage, OpStage
+
+
+def group(layers: list) -> list[tuple]:
+    """The stages as ``(kind, layers)`` groups, in order: what a plan will run."""
+    out, i = [], 0
+    while i < len(layers):
+        l = layers[i]
+        if type(l) in (Conv2D, Dense):
+            g = [l]
+            if i + 1 < len(layers) and ActOp.of(layers[i + 1]) is not None:
+                g.append(layers[i + 1])
+            if type(l) is Conv2D and i + len(g) < len(layers) and PoolOp.accepts(layers[i + len(g)]):
+                g.append(layers[i + len(g)])
+            out.append(("conv" if type(l) is Conv2D else "dense", g))
+        elif ActOp.of(l) is not None or PoolOp.accepts(l):
+            out.append(("op", [l]))
+        elif type(l) is Dropout:
+            out.append(("dropout", [l]))
+        elif type(l) is Flatten:
+            out.append(("flatten", [l]))
+        else:
+            out.append(("layer", [l]))
+        i += len(out[-1][1])
+    return out
+
+
+def build_stages(groups: list[tuple], grads: dict) -> list:
+    """Fresh stages (own buffers and forward state) for one worker writing into ``grads``."""
+    stages = []
+    for n, (kind, g) in enumerate(groups):
+        first = n == 0
+        if kind == "conv":
+            act = next((ActOp.of(l) for l in g[1:] if ActOp.of(l) is not None), None)
+            pool = next((PoolOp(l) for l in g[1:] if PoolOp.accepts(l)), None)
+            stages.append(ConvStage(g[0], grads, act, pool, first))
+        elif kind == "dense":
+            stages.append(DenseStage(g[0], grads, ActOp.of(g[1]) if len(g) > 1 else None, first))
+        elif kind == "op":
+            stages.append(OpStage(ActOp.of(g[0]) or PoolOp(g[0]), first))
+        elif kind == "dropout":
+            stages.append(DropoutStage(g[0]))
+        elif kind == "flatten":
+            stages.append(FlattenStage())
+        else:
+            stages.append(LayerStage(g[0], grads, first))
+    return stages
+
+
+def train_flops(layers: list) -> int:
+    """Approximate training FLOP per image of the conv and dense layers (forward product and
+    the two backward ones): decides when a batch is worth splitting across threads."""
+    total = 0
+    for l in layers:
+        if isinstance(l, Conv2D):
+            oh, ow, f = l.output_shape
+            total += 6 * oh * ow * f * l.kh * l.kw * l.input_shape[2]
+        elif isinstance(l, Dense):
+            total += 6 * l.input_shape[0] * l.units
+    return total

@@ -1,0 +1,152 @@
+"""The fast engine: the model's layers compiled into stages (``compile.py``), run
+data-parallel over ``threads`` workers, each with its own stages, buffers and gradients.
+
+A training batch big enough to be worth it is cut into contiguous parts, one per worker (part 0
+in the calling thread). Dropout masks are drawn for the whole batch first, in layer order, and
+each part gets its rows; the loss is averaged over the whole batch in every part; the parts'
+gradients are summed in part order. So results do not depend on the thread count beyond float
+rounding, and a given thread count always gives the same numbers. Inference runs in chunks of
+``infer_chunk`` images, the chunks divided between the workers; softmax, loss and accuracy are
+computed once on the whole batch's logits in the calling thread.
+
+BLAS runs single-threaded inside ``compute()`` (``fit`` wraps its epochs in it; inference
+enters it itself): the workers are the parallelism.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+from ..layers.activations import Dropout
+from .compile import build_stages, group, train_flops
+from .loss import softmax_probs, softmax_xent
+from .threads import blas_threads, resolve_threads, run_parts, split_rows
+
+
+class FastEngine:
+    name = "fast"
+    #: smallest batch split across threads in training (smaller ones lose to the hand-off) ...
+    split_min_batch = 64
+    #: ... unless the batch's training work (``train_flops`` per image times images) reaches this
+    split_min_flops = 1e9
+    #: images per chunk in inference (keeps temporaries near the core's cache)
+    infer_chunk = 64
+
+    def __init__(self, model, threads="auto"):
+        self.model = model
+        self.threads = resolve_threads(threads)
+        body = model.layers[:-1] if model.loss_layer is not None else model.layers
+        self.groups = group(body)
+        self.flops = train_flops(body)
+        # random layers other than dropout (whose masks the engine draws) keep batches whole
+        self.splittable = all(type(l) is Dropout or not hasattr(l, "rng") for l in model.layers)
+        self.dropouts = [i for i, (kind, _) in enumerate(self.groups) if kind == "dropout"]
+        self.workers: list[tuple[list, dict]] = []
+        self.lock = threading.Lock()
+
+    def _workers(self, k: int) -> list[tuple[list, dict]]:
+        """The first ``k`` workers' ``(stages, grads)``; worker 0 writes the model's gradients."""
+        while len(self.workers) < k:
+            g = self.model.grads if not self.workers else self.model.new_grads()
+            self.workers.append((build_stages(self.groups, g), g))
+        return self.workers[:k]
+
+    def compute(self):
+        return blas_threads(1)
+
+    def parts(self, n: int) -> int:
+        if self.threads <= 1 or n < 2 or not self.splittable:
+            return 1
+        if n >= self.split_min_batch or n * self.flops >= self.split_min_flops:
+            return min(self.threads, n)
+        return 1
+
+    # -- training -------------------------------------------------------------------------
+    def train(self, x, labels, raw: bool = False):
+        """``(losses, probs, loss_sum, correct)`` of a batch (raw images when ``raw``, which
+        each worker preprocesses itself); fills the model's gradients."""
+        n = len(x)
+        with self.lock:
+            ranges = split_rows(n, self.parts(n))
+            workers = self._workers(len(ranges))
+            masks = {}
+            for i in self.dropouts:
+                layer = self.groups[i][1][0]
+                if layer.rate:
+                    masks[i] = layer.draw_mask((n,) + layer.input_shape, self.model.dtype)
+            parts = [(w, x[lo:hi], labels[lo:hi], n, raw, masks, lo, hi) for w, (lo, hi) in zip(workers, ranges)]
+            res = run_parts(self._train_part, parts)
+            if len(res) > 1:
+                self._sum_grads([g for _, g in workers])
+        if len(res) == 1:
+            return res[0][0], res[0][1], res[0][3], res[0][4]
+        return (np.concatenate([r[0] for r in res]), np.concatenate([r[1] for r in res]),
+                sum(r[3] for r in res), sum(r[4] for r in res))
+
+    def _train_part(self, worker, x, labels, denom, raw, masks, lo, hi):
+        stages, _ = worker
+        if raw:
+            x = self.model.preprocess(x)
+        for i, m in masks.items():
+            stages[i].mask = m[lo:hi]
+        for st in stages:
+            x = st.forward(x, True)
+        out = softmax_xent(x, labels, denom)
+        g = out[2]
+        for st in reversed(stages):
+            g = st.backward(g)
+        return out
+
+    @staticmethod
+    def _sum_grads(grads: list[dict]) -> None:
+        """grads[0] += grads[1] + ... in part order (one flat sum when the layout allows)."""
+        g0 = grads[0]
+        if getattr(g0, "flat", None) is not None and all(getattr(g, "flat", None) is not None for g in grads):
+            for g in grads[1:]:
+                g0.flat += g.flat
+            return
+        for g in grads[1:]:
+            for k, v in g.items():
+                g0[k] += v
+
+    # -- inference ------------------------------------------------------------------------
+    def infer(self, images, labels=None, out=None, batch_size=None):
+        """Forward of raw ``images`` in chunks; probabilities into ``out`` when given;
+        returns ``(loss_sum, correct)`` when ``labels`` are given, else ``(0.0, 0)``."""
+        model = self.model
+        n = len(images)
+        model.check_images(images)
+        step = max(1, min(batch_size or self.infer_chunk, self.infer_chunk))
+        last = model.layers[-2].output_shape if model.loss_layer is not None and len(model.layers) > 1 \
+            else model.output_shape
+        logits = np.empty((n,) + tuple(last), model.dtype)
+        nchunks = -(-n // step)
+        with self.lock, self.compute():
+            ranges = split_rows(nchunks, min(self.threads, nchunks))
+            workers = self._workers(len(ranges))
+            run_parts(self._infer_part, [(w, images, logits, lo * step, min(hi * step, n), step)
+                                         for w, (lo, hi) in zip(workers, ranges)])
+        if model.loss_layer is None:
+            if out is not None:
+                out[...] = logits
+            return 0.0, 0
+        if labels is None:
+            p = softmax_probs(logits)
+            if out is not None:
+                out[...] = p
+            return 0.0, 0
+        _, p, _, loss_sum, correct = softmax_xent(logits, labels, 1) if n else (None, logits, None, 0.0, 0)
+        if out is not None:
+            out[...] = p
+        return loss_sum, correct
+
+    def _infer_part(self, worker, images, logits, lo, hi, step):
+        stages, _ = worker
+        for a in range(lo, hi, step):
+            x = self.model.preprocess(images[a:a + step])
+            for st in stages:
+                x = st.forward(x, False)
+            logits[a:a + len(x)] = x
+

@@ -1,0 +1,121 @@
+"""Element-wise activations and pooling as in-place operations on buffers a stage owns.
+
+``ActOp`` and ``PoolOp`` compute what ``cnnexp.layers`` ReLU/Tanh/Sigmoid and
+MaxPool2D/AvgPool2D compute (same values, same tie rule for max pooling: the gradient goes to
+every input equal to its window's max), without temporaries per call.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..layers.activations import ReLU, Sigmoid, Tanh
+from ..layers.pool import AvgPool2D, MaxPool2D
+from .buffers import Buffers
+
+
+class ActOp:
+    """``forward(y)`` applies the activation to ``y`` in place and keeps it; ``backward(dy,
+    out)`` writes ``dy * f'(.)`` into ``out`` (which may be ``dy``)."""
+
+    KINDS = {ReLU: "relu", Tanh: "tanh", Sigmoid: "sigmoid"}
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        self.bufs = Buffers()
+
+    @classmethod
+    def of(cls, layer):
+        """The op for a built-in activation layer (exact type), else None."""
+        kind = cls.KINDS.get(type(layer))
+        return cls(kind) if kind else None
+
+    def forward(self, y):
+        if self.kind == "relu":
+            np.maximum(y, 0, out=y)
+        elif self.kind == "tanh":
+            np.tanh(y, out=y)
+        else:  # sigmoid, split by sign so exp never overflows (as the layer)
+            e = np.exp(-np.abs(y))
+            pos = y >= 0
+            np.divide(np.where(pos, 1, e), 1 + e, out=y)
+        self.y = y
+        return y
+
+    def backward(self, dy, out):
+        y = self.y
+        if self.kind == "relu":
+            return np.multiply(dy, np.greater(y, 0, out=self.bufs.get("m", y.shape, np.bool_)), out=out)
+        t = self.bufs.get("t", y.shape, y.dtype)
+        if self.kind == "tanh":
+            np.multiply(y, y, out=t)
+            np.subtract(1, t, out=t)
+        else:
+            np.subtract(1, y, out=t)
+            t *= y
+        return np.multiply(dy, t, out=out)
+
+
+class PoolOp:
+    """Max or average pooling of NHWC arrays, one strided slice per window offset (an
+    element-wise maximum or sum of ``PH*PW`` views, never a reduction over a short axis)."""
+
+    def __init__(self, layer, blocked: bool = False):
+        self.kind = "max" if type(layer) is MaxPool2D else "avg"
+        #: input laid out (N, PH, PW, QH, QW, C) by a conv stage: window offset (a, b) is the
+        #: contiguous block [:, a, b] (only for tiling pools, see ``exact``)
+        self.blocked = blocked
+        self.ph, self.pw, self.sh, self.sw = layer.ph, layer.pw, layer.sh, layer.sw
+        self.in_shape, self.out_shape = layer.input_shape, layer.output_shape
+        h, w, _ = self.in_shape
+        qh, qw, _ = self.out_shape
+        # every input read exactly once: backward can assign instead of accumulate
+        self.exact = (self.sh, self.sw) == (self.ph, self.pw) and (qh * self.ph, qw * self.pw) == (h, w)
+        self.bufs = Buffers()
+
+    @staticmethod
+    def accepts(layer) -> bool:
+        return type(layer) in (MaxPool2D, AvgPool2D)
+
+    def _slices(self, a):
+        if self.blocked:
+            for i in range(self.ph):
+                for j in range(self.pw):
+                    yield a[:, i, j]
+            return
+        qh, qw, _ = self.out_shape
+        for i in range(self.ph):
+            for j in range(self.pw):
+                yield a[:, i:i + self.sh * qh:self.sh, j:j + self.sw * qw:self.sw, :]
+
+    def forward(self, y):
+        out = self.bufs.get("out", (len(y),) + self.out_shape, y.dtype)
+        views = self._slices(y)
+        np.copyto(out, next(views))
+        for v in views:
+            (np.maximum if self.kind == "max" else np.add)(out, v, out=out)
+        if self.kind == "avg":
+            out /= self.ph * self.pw  # mean = sum / count, as the layer's mean
+        self.y, self.out = y, out
+        return out
+
+    def backward(self, dout):
+        y = self.y
+        dy = self.bufs.get("dy", y.shape, y.dtype, zero=not self.exact)
+        if self.kind == "avg":
+            g = np.divide(dout, self.ph * self.pw, out=self.bufs.get("g", dout.shape, dout.dtype))
+            for d in self._slices(dy):
+                if self.exact:
+                    np.copyto(d, g)
+                else:
+                    d += g
+            return dy
+        m = self.bufs.get("m", dout.shape, np.bool_)
+        t = None if self.exact else self.bufs.get("t", dout.shape, dout.dtype)
+        for v, d in zip(self._slices(y), self._slices(dy)):
+            np.equal(v, self.out, out=m)
+            if self.exact:
+                np.multiply(m, dout, out=d)
+            else:
+                d += np.multiply(m, dout, out=t)
+        return dy

@@ -1,0 +1,5 @@
+import sys
+
+from .follower import main
+
+sys.exit(main())

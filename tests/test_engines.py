@@ -1,0 +1,267 @@
+"""The fast engine computes what the reference engine computes: every preset model and random
+stacks give the same loss, gradients, predictions and trained weights (float64, 1e-9 relative),
+whatever the thread count (more threads than cores included), and the fast engine's plan runs
+any layer list, user layers included. No timing here: speed is measured in benchmarks/."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import yaml
+
+import gradcheck  # noqa: F401  (makes cnnexp importable from a bare checkout)
+
+from cnnexp.engine import FastEngine, ReferenceEngine, available_cores
+from cnnexp.engine.compile import group
+from cnnexp.errors import ConfigError
+from cnnexp.layers.base import Layer
+from cnnexp.model import build_model
+from cnnexp.optimizers import build_optimizer
+from cnnexp.registry import LAYERS
+from cnnexp.train import fit
+
+REL = 1e-9
+PRESETS = sorted(Path(__file__).parent.parent.glob("conf/model/*.yaml"))
+
+
+def rel_err(a, b) -> float:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-300)) if a.size else 0.0
+
+
+def assert_close(a, b, what):
+    assert rel_err(a, b) <= REL, f"{what}: relative error {rel_err(a, b):.3g} > {REL}"
+
+
+def make(spec, engine, threads=1, seed=0, small_split=True):
+    m = build_model(spec, seed=seed, dtype="float64", scale=1 / 255, shift=-0.5, engine=engine, threads=threads)
+    if small_split and isinstance(m.engine, FastEngine):
+        m.engine.split_min_batch, m.engine.infer_chunk = 2, 3  # split and chunk even small batches
+    return m
+
+
+def batch(spec, n=7, seed=1):
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 256, (n,) + tuple(spec["input_shape"]), dtype=np.uint8)
+    return x, rng.integers(0, spec["layers"][-2].get("units", 10) if spec["layers"][-2]["type"] == "dense" else 10, n)
+
+
+def reseed(model, seed=7):
+    for i, l in enumerate(model.layers):
+        if hasattr(l, "rng"):
+            l.rng = np.random.default_rng(seed + i)
+
+
+def loss_grads(model, x, y):
+    reseed(model)
+    return model.loss_and_grads(x, y)
+
+
+def splits_of(x, y):
+    return SimpleNamespace(train=(x, y), val=(x[:0], y[:0]), test=(x[:4], y[:4]))
+
+
+def train_weights(model, x, y, batch_size):
+    opt = build_optimizer({"type": "sgd"}, 0.05)
+    state = fit(model, opt, splits_of(x, y), epochs=2, batch_size=batch_size, seed=3, log=lambda s: None)
+    return model.state_dict(), state.history
+
+
+def compare_engines(spec, n=7, threads=(1, 5), batch_size=3):
+    x, y = batch(spec, n)
+    ref = make(spec, "reference")
+    loss_r, grads_r = loss_grads(ref, x, y)
+    probs_r = ref.predict_proba(x, batch_size=4)
+    ev_r = ref.evaluate(x, y, batch_size=4)
+    w_r, hist_r = train_weights(ref, x, y, batch_size)
+    for t in threads:
+        fast = make(spec, "fast", t)
+        loss_f, grads_f = loss_grads(fast, x, y)
+        assert_close(loss_f, loss_r, f"loss, {t} threads")
+        assert set(grads_f) == set(grads_r)
+        for k in grads_r:
+            assert_close(grads_f[k], grads_r[k], f"grad {k}, {t} threads")
+        assert_close(fast.predict_proba(x, batch_size=4), probs_r, f"probabilities, {t} threads")
+        ev_f = fast.evaluate(x, y, batch_size=4)
+        assert_close(ev_f[0], ev_r[0], "evaluate loss")
+        assert ev_f[1] == ev_r[1]
+        w_f, hist_f = train_weights(fast, x, y, batch_size)
+        for k in w_r:
+            assert_close(w_f[k], w_r[k], f"trained {k}, {t} threads")
+        for a, b in zip(hist_f, hist_r):
+            assert_close(a["train/epoch_loss"], b["train/epoch_loss"], "epoch loss")
+
+
+def preset(path, size=None) -> dict:
+    spec = yaml.safe_load(Path(path).read_text())
+    return {**spec, "input_shape": [size, size, 1]} if size else spec
+
+
+@pytest.mark.parametrize("path", PRESETS, ids=[p.stem for p in PRESETS])
+def test_presets_same_in_both_engines(path):
+    # keras_mnist on 14x14 inputs: the same layers at a quarter of the reference engine's cost
+    compare_engines(preset(path, 14 if path.stem == "keras_mnist" else None), n=5, threads=(1, 3))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", PRESETS, ids=[p.stem for p in PRESETS])
+def test_presets_full_size_same_in_both_engines(path):
+    compare_engines(preset(path), n=5, threads=(1, 3))
+
+
+ACTS = [None, "relu", "tanh", "sigmoid"]
+POOLS = [None, ("maxpool2d", 2, None), ("avgpool2d", 2, None), ("maxpool2d", 3, 2), ("avgpool2d", 2, 1),
+         ("maxpool2d", 2, 3)]
+
+
+def random_stack(seed: int) -> dict:
+    """A random conv stack: kernel, stride, padding, bias, channels, activation and pool
+    drawn from ``seed``; sometimes a dropout, a second conv, or two dense layers."""
+    rng = np.random.default_rng(seed)
+    h = int(rng.integers(7, 12))
+    c = int(rng.integers(1, 4))
+    layers = []
+    for _ in range(int(rng.integers(1, 3))):
+        layers.append({"type": "conv2d", "filters": int(rng.integers(1, 6)), "kernel_size": int(rng.integers(1, 4)),
+                       "stride": int(rng.integers(1, 3)), "padding": str(rng.choice(["valid", "same"])),
+                       "bias": bool(rng.integers(2))})
+        act = ACTS[rng.integers(len(ACTS))]
+        if act:
+            layers.append({"type": act})
+        pool = POOLS[rng.integers(len(POOLS))]
+        if pool:
+            layers.append({"type": pool[0], "pool": pool[1], "stride": pool[2]})
+    if rng.integers(2):
+        layers.append({"type": "dropout", "rate": 0.3})
+    layers.append({"type": "flatten"})
+    if rng.integers(2):
+        layers += [{"type": "dense", "units": 6}, {"type": str(rng.choice(["relu", "tanh", "sigmoid"]))}]
+    layers += [{"type": "dense", "units": 4}, {"type": "softmax"}]
+    return {"input_shape": [h, h, c], "layers": layers}
+
+
+def _buildable(spec) -> bool:
+    try:
+        build_model(spec, dtype="float64")
+        return True
+    except ConfigError:  # a pool larger than its input after strides: draw again
+        return False
+
+
+RANDOM = [s for s in range(40) if _buildable(random_stack(s))][:14]
+
+
+@pytest.mark.parametrize("seed", RANDOM)
+def test_random_stacks_same_in_both_engines(seed):
+    compare_engines(random_stack(seed), n=6, threads=(1, 4), batch_size=6)
+
+
+def test_random_stacks_cover_the_options():
+    specs = [random_stack(s) for s in RANDOM]
+    convs = [l for s in specs for l in s["layers"] if l["type"] == "conv2d"]
+    assert {l["stride"] for l in convs} == {1, 2} and {l["padding"] for l in convs} == {"valid", "same"}
+    assert {l["bias"] for l in convs} == {True, False} and {l["kernel_size"] for l in convs} == {1, 2, 3}
+    types = {l["type"] for s in specs for l in s["layers"]}
+    assert {"relu", "tanh", "sigmoid", "maxpool2d", "avgpool2d", "dropout"} <= types
+    assert any(l.get("stride") not in (None, l.get("pool")) for s in specs for l in s["layers"]
+               if l["type"].endswith("pool2d"))  # an overlapping or gapped pool
+
+
+def test_more_threads_than_cores_same_result_and_deterministic():
+    spec = preset(Path(__file__).parent.parent / "conf/model/keras_mnist.yaml", 12)
+    x, y = batch(spec, n=11)
+    threads = available_cores() + 3
+    one, many = make(spec, "fast", 1), make(spec, "fast", threads)
+    assert many.threads == threads and many.engine.parts(11) == threads
+    l1, g1 = loss_grads(one, x, y)
+    l2, g2 = loss_grads(many, x, y)
+    l3, g3 = loss_grads(many, x, y)
+    assert_close(l2, l1, "loss")
+    for k in g1:
+        assert_close(g2[k], g1[k], k)
+        np.testing.assert_array_equal(g3[k], g2[k])  # the same split sums in the same order
+    np.testing.assert_array_equal(many.predict_proba(x), many.predict_proba(x))
+
+
+def test_plan_fuses_any_conv_activation_pool_and_dense_activation():
+    spec = {"input_shape": [9, 9, 2], "layers": [
+        {"type": "conv2d", "filters": 3, "kernel_size": 2, "stride": 2, "padding": "same"}, {"type": "sigmoid"},
+        {"type": "avgpool2d", "pool": 2, "stride": 1}, {"type": "conv2d", "filters": 2}, {"type": "maxpool2d"},
+        {"type": "dropout", "rate": 0.1}, {"type": "flatten"}, {"type": "dense", "units": 5}, {"type": "tanh"},
+        {"type": "relu"}, {"type": "dense", "units": 3}, {"type": "softmax"}]}
+    m = build_model(spec, dtype="float64")
+    kinds = [(k, len(g)) for k, g in group(m.layers[:-1])]
+    assert kinds == [("conv", 3), ("conv", 2), ("dropout", 1), ("flatten", 1), ("dense", 2), ("op", 1), ("dense", 1)]
+    compare_engines(spec, n=5, threads=(2,))
+
+
+@pytest.fixture
+def swish():
+    @LAYERS.register("test_swish")
+    class Swish(Layer):
+        """A user layer with a parameter: y = x * sigmoid(beta * x)."""
+
+        def init_params(self, rng, dtype):
+            self.params["beta"] = np.ones(1, dtype)
+
+        def forward(self, x, training=False):
+            self._x, self._s = x, 1 / (1 + np.exp(-self.params["beta"][0] * x))
+            return x * self._s
+
+        def backward(self, dy):
+            x, s, b = self._x, self._s, self.params["beta"][0]
+            ds = s * (1 - s)
+            self.grads["beta"] = np.array([np.sum(dy * x * x * ds)])
+            return dy * (s + x * b * ds)
+
+    yield "test_swish"
+    LAYERS.unregister("test_swish")
+
+
+def test_user_layer_runs_as_itself_inside_the_plan(swish):
+    spec = {"input_shape": [8, 8, 1], "layers": [
+        {"type": "conv2d", "filters": 3}, {"type": swish}, {"type": "maxpool2d"}, {"type": "flatten"},
+        {"type": "dense", "units": 4}, {"type": swish}, {"type": "dense", "units": 3}, {"type": "softmax"}]}
+    m = build_model(spec, dtype="float64")
+    assert [k for k, _ in group(m.layers[:-1])] == ["conv", "layer", "op", "flatten", "dense", "layer", "dense"]
+    compare_engines(spec, n=6, threads=(1, 3))
+
+
+def test_engine_and_threads_are_chosen_and_recorded(tmp_path):
+    spec = yaml.safe_load(PRESETS[-1].read_text())
+    m = build_model(spec, engine="reference")
+    assert isinstance(m.engine, ReferenceEngine) and m.spec["engine"] == "reference"
+    assert isinstance(build_model(m.spec).engine, ReferenceEngine)  # a saved spec keeps its engine
+    f = build_model(spec, threads=3)
+    assert isinstance(f.engine, FastEngine) and f.threads == 3
+    assert build_model(spec).threads == available_cores() or "CNNEXP_THREADS" in __import__("os").environ
+    with pytest.raises(ConfigError, match="engine='turbo' is invalid"):
+        build_model(spec, engine="turbo")
+    with pytest.raises(ConfigError, match="threads=0 is invalid"):
+        build_model(spec, threads=0)
+
+
+def test_params_and_grads_are_views_of_flat_buffers():
+    spec = preset(PRESETS[0], 12)
+    m = make(spec, "fast", 3)
+    x, y = batch(spec, 6)
+    m.loss_and_grads(x, y)
+    for k, g in m.grads.items():
+        assert np.shares_memory(g, m.grads.flat) and np.shares_memory(m.params[k], m.params.flat)
+    assert np.any(m.grads.flat != 0)
+
+
+@pytest.mark.parametrize("seed", RANDOM[:6])
+def test_fast_engine_random_stacks_pass_finite_differences(seed):
+    spec = random_stack(seed)
+    m = make(spec, "fast", 2)
+    rng = np.random.default_rng(seed)
+    for p in m.params.values():  # non-zero biases
+        if p.ndim == 1:
+            p[...] = 0.1 * rng.standard_normal(p.shape)
+    x, y = batch(spec, 4)
+    gradcheck.check_model(m, m.preprocess(x), y, max_per_param=200)
+
