@@ -157,12 +157,14 @@ def load_checked_data(cfg: dict, exp: Experiment):
 
 def run(cfg: dict, tracker: Tracker | None = None, log: Callable[[str], None] | None = None,
         exp: Experiment | None = None, checkpoint_dir: str | Path | None = None,
-        resume: Checkpoint | None = None, data=None) -> dict[str, Any]:
+        resume: Checkpoint | None = None, data=None,
+        on_epoch_end: Callable[[TrainState], None] | None = None) -> dict[str, Any]:
     """Run one experiment. Returns final metrics and what the caller needs to log artifacts.
 
     With ``checkpoint_dir``, ``<dir>/last.npz`` is written after every epoch (and logged as a
     tracker artifact) and when a signal stops the run; ``resume`` continues from a checkpoint.
     ``data`` is ``load_checked_data``'s result when the caller loaded it already.
+    ``on_epoch_end(state)`` runs after each epoch's checkpoint (e.g. an Optuna pruning hook).
     """
     tracker = tracker or NullTracker()
     log = log or logger.info
@@ -192,6 +194,11 @@ def run(cfg: dict, tracker: Tracker | None = None, log: Callable[[str], None] | 
             for best in save_best(exp.callbacks, checkpoint_dir, exp.model, exp.optimizer, st, cfg):
                 tracker.log_artifact(best, "checkpoints")
 
+    def epoch_end(st: TrainState) -> None:
+        save(st)
+        if on_epoch_end is not None:
+            on_epoch_end(st)
+
     t0 = time.perf_counter()
     state = state or TrainState()
     try:
@@ -199,7 +206,7 @@ def run(cfg: dict, tracker: Tracker | None = None, log: Callable[[str], None] | 
         with training(), np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
             state = fit(exp.model, exp.optimizer, splits, epochs=cfg["epochs"], batch_size=cfg["batch_size"],
                         seed=cfg["seed"], log_every=cfg["log_every"], eval_batch_size=cfg["eval_batch_size"],
-                        tracker=tracker, log=log, state=state, on_epoch_end=save, schedule=exp.schedule,
+                        tracker=tracker, log=log, state=state, on_epoch_end=epoch_end, schedule=exp.schedule,
                         callbacks=exp.callbacks, progress=Progress(cfg.get("verbose", 3), log))
     except StopRequested as e:
         save(state)

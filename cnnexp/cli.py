@@ -113,9 +113,20 @@ def default_config() -> dict:
     return OmegaConf.to_container(compose(config_name="config"), resolve=True)
 
 
+def optuna_trial(cfg: dict):
+    """The pruning hook when this job is a trial of hydra/sweeper=optuna (cnnexp/sweepers), else None."""
+    if cfg["trial"]["number"] is None:
+        return None
+    from .sweepers.trial import open_trial
+
+    hc = HydraConfig.get()
+    return open_trial(cfg["trial"], OmegaConf.to_container(hc.sweeper, resolve=True), str(hc.sweep.dir))
+
+
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
 def hydra_main(dcfg: DictConfig) -> float | None:
     from .app import load_checked_data, prepare, run
+    from .sweepers.trial import TrialPruned
 
     cfg = OmegaConf.to_container(dcfg, resolve=True)
     info = job_info()
@@ -126,13 +137,18 @@ def hydra_main(dcfg: DictConfig) -> float | None:
                                  os.path.join(info["output_dir"], "resume"))
         exp = prepare(cfg)  # config, data and checkpoint errors all come before the journal
         data = load_checked_data(cfg, exp)
+        trial = optuna_trial(cfg)
         tracker, mode = make_tracker(cfg, info)
-        result = run(cfg, tracker=tracker, exp=exp, resume=ckpt, data=data,
+        result = run(cfg, tracker=tracker, exp=exp, resume=ckpt, data=data, on_epoch_end=trial,
                      checkpoint_dir=os.path.join(info["output_dir"], "checkpoints"))
         tracker.log_results(result)  # weights, plot data: needs the trained model
         status, error = "FINISHED", None
         m = result["metrics"]
         value = float(m.get("val/acc", m.get("test/acc", float("nan"))))
+    except TrialPruned as e:  # stopped early on purpose: FINISHED, tagged pruned (not FAILED)
+        logger.info(str(e))
+        tracker.set_tags({"cnnexp.outcome": "pruned", "mlflow.note.content": str(e)})
+        status, error, value = "FINISHED", None, e.value
     except CnnexpError as e:
         error = f"{type(e).__name__}: {e}"
         if debug():
@@ -140,6 +156,9 @@ def hydra_main(dcfg: DictConfig) -> float | None:
         fail(e)
         if not info["multirun"]:  # a sweep's other jobs go on; the sweep exits non-zero at the end
             sys.exit(e.exit_code)
+    except SystemExit:  # from a signal handler around the job (submitit: preempted or timed out, requeued)
+        status, error = "KILLED", "the job was stopped from outside (preempted or timed out?)"
+        raise
     except KeyboardInterrupt:
         status, error = "KILLED", "interrupted (SIGINT/SIGTERM)"
         print("cnnexp: interrupted", file=sys.stderr, flush=True)
@@ -160,11 +179,14 @@ def hydra_main(dcfg: DictConfig) -> float | None:
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
+    from hydra_plugins.cnnexp_plugins import register
+
     from . import commands, preflight
     from .app import stop_on_signals
 
     try:
         argv = commands.dispatch(argv)  # subcommands (runs, predict, ui), --help, --version: they exit
+        register()  # cnnexp's sweeper and launchers (an editable install hides them from Hydra's scan)
         preflight.check(argv, CONF_DIR)
     except CnnexpError as e:
         if debug():
@@ -178,6 +200,10 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:  # Ctrl-C outside training, or in a parallel sweep: no traceback
         print("cnnexp: interrupted", file=sys.stderr, flush=True)
         sys.exit(130)
+    lost = sys.modules.get("cnnexp.launchers.submitit")  # jobs a cluster ended without a result
+    if lost is not None and lost.LOST:
+        print(f"cnnexp: {len(lost.LOST)} job(s) ended without a result: " + "; ".join(lost.LOST), file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -48,6 +48,22 @@ class TrackingConfig:
 
 
 @dataclass
+class ClusterConfig:  # set by hydra/launcher=slurm | submitit_local (conf/hydra/launcher/): job resources
+    partition: Optional[str] = None
+    timeout_min: int = 60
+    cpus_per_task: int = 1
+    mem_gb: int = 2
+    array_parallelism: int = 64
+    max_num_timeout: int = 3
+
+
+@dataclass
+class TrialConfig:  # set by hydra/sweeper=optuna for each job (cnnexp/sweepers): not for users
+    study: Optional[str] = None  # the Optuna study the job reports val/acc to
+    number: Optional[int] = None  # the trial's number in that study
+
+
+@dataclass
 class PathsConfig:
     outputs: str = MISSING  # conf/paths/default.yaml
 
@@ -73,6 +89,8 @@ class Config:
     optimizer: Any = field(default_factory=lambda: {"type": "sgd"})
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
+    trial: TrialConfig = field(default_factory=TrialConfig)
+    cluster: Optional[ClusterConfig] = None
 
 
 def register_schemas() -> None:

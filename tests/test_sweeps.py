@@ -119,7 +119,7 @@ def test_optuna_search_maximises_validation_accuracy(tmp_path):
     from cnnexp.tracking.meta import short_value
 
     for r in children:  # Optuna's floats, 4 significant digits in the run name, in full in the params
-        lr = r.info.run_name.rsplit("lr=", 1)[1]
+        lr = dict(o.split("=", 1) for o in r.info.run_name.split(","))["lr"]
         assert lr == short_value(lr) == f"{float(r.data.params['lr']):.4g}", (lr, r.data.params["lr"])
 
 
