@@ -7,12 +7,11 @@ validated first, so a bad value in the last job stops the sweep before the first
 
 from __future__ import annotations
 
-import difflib
 import itertools
 import re
 from typing import Iterable
 
-from .errors import ConfigError
+from .errors import ConfigError, suggest
 
 MAX_COMBOS = 256
 PASSTHROUGH_FLAGS = {"-m", "--multirun"}
@@ -37,11 +36,6 @@ def _known_keys(node) -> list[str]:
         return []
 
 
-def _suggest(bad: str, known: list[str]) -> str:
-    hint = difflib.get_close_matches(bad, known, n=1)
-    return f" (did you mean {hint[0]!r}?)" if hint else ""
-
-
 def explain(exc: BaseException, base_cfg=None) -> str:
     """One line for a Hydra/OmegaConf composition error."""
     chain, e = [], exc
@@ -53,7 +47,7 @@ def explain(exc: BaseException, base_cfg=None) -> str:
     if m:
         group, name = m.groups()
         opts = re.findall(r"^\t(\S+)$", text, flags=re.M)
-        return (f"unknown {group} {name!r}{_suggest(name, opts)}; available {group} configs: "
+        return (f"unknown {group} {name!r}{suggest(name, opts)}; available {group} configs: "
                 f"{', '.join(sorted(opts)) or 'none'} (in conf/{group}/)")
     m = re.search(r"Key '([^']+)' (?:is not in struct|not in '\w+')", text)
     if m:
@@ -71,7 +65,7 @@ def explain(exc: BaseException, base_cfg=None) -> str:
             except Exception:
                 known = []
         where = f" in {parent}" if parent else ""
-        return (f"unknown config key {full!r}{_suggest(key, known)}; valid keys{where}: {', '.join(known)}"
+        return (f"unknown config key {full!r}{suggest(key, known)}; valid keys{where}: {', '.join(known)}"
                 if known else f"unknown config key {full!r}")
     m = re.search(r"Value '([^']*)' (?:of type '\w+' )?could not be converted to (\w+)", text)
     if m:
