@@ -39,7 +39,6 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))  # post_reference.py (the floor)
 sys.path.insert(0, str(HERE))
 from cnnexp.engine import available_cores  # noqa: E402
 from cnnexp.tracking.follower import wait_idle  # noqa: E402
@@ -240,7 +239,7 @@ def torch_full_epoch() -> dict:
 # -- the floor: the post's loop code ---------------------------------------------------------
 
 def post_floor(n: int) -> float:
-    import post_reference as post
+    from tests.helpers import post_reference as post  # the floor: the post's own loop code
 
     images, labels = random_images(n, seed=2)
     np.random.seed(0)

@@ -62,7 +62,6 @@ def prepare(cfg: dict) -> Experiment:
         raise ConfigError(f"model.layers: the last layer must be 'softmax' (it carries the loss), "
                           f"got {model.layers[-1].name!r}")
     optimizer = build_optimizer(cfg["optimizer"], cfg["lr"])
-    from . import data  # noqa: F401  (registers the data sets)
     from .registry import DATASETS
 
     DATASETS.get(d["name"])  # unknown data set: fail now, with the known names

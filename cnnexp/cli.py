@@ -1,4 +1,6 @@
-"""The entry point: the only module that knows Hydra.
+"""The entry point: ``@hydra.main`` composes the config and runs one job. Hydra is known only
+here and in the other entry modules (``preflight.py`` checks overrides, ``config.py`` holds the
+schemas, ``commands.py`` the subcommands); the training core never sees it.
 
 ``python -m cnnexp [overrides]`` runs one experiment; ``python -m cnnexp -m a=1,2`` a sweep.
 """

@@ -13,12 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, List, Optional
 
-from omegaconf import OmegaConf
+from omegaconf import MISSING, OmegaConf
 
-from .errors import ConfigError
+from .errors import ConfigError, suggest
 from .paths import outputs_dir
-
-OmegaConf.register_new_resolver("cnnexp_outputs", lambda: str(outputs_dir()), replace=True)
 
 
 @dataclass
@@ -70,7 +68,7 @@ class TrialConfig:  # set by hydra/sweeper=optuna for each job (cnnexp/sweepers)
 
 @dataclass
 class PathsConfig:
-    outputs: str = "${cnnexp_outputs:}"
+    outputs: str = MISSING  # conf/paths/default.yaml
 
 
 @dataclass
@@ -100,8 +98,11 @@ class Config:
 
 
 def register_schemas() -> None:
+    """Make ``base_config`` (the schema) and the ``${cnnexp_outputs:}`` resolver of
+    conf/paths/default.yaml known to Hydra; call before composing the config."""
     from hydra.core.config_store import ConfigStore
 
+    OmegaConf.register_new_resolver("cnnexp_outputs", lambda: str(outputs_dir()), replace=True)
     ConfigStore.instance().store(name="base_config", node=Config)
 
 
@@ -116,10 +117,7 @@ def _check_keys(cfg: dict, schema, where: str = "") -> None:
     known = {f.name: f for f in fields(schema)}
     for k, v in cfg.items():
         if k not in known:
-            import difflib
-
-            hint = difflib.get_close_matches(k, list(known), n=1)
-            dym = f" (did you mean {where + hint[0]!r}?)" if hint else ""
+            dym = suggest(k, known, prefix=where)
             inside = f" in {where.rstrip('.')}" if where else ""
             raise ConfigError(f"unknown config key {where + k!r}{dym}; valid keys{inside}: {', '.join(sorted(known))}")
         default = known[k].default_factory() if callable(known[k].default_factory) else None

@@ -27,3 +27,12 @@ class TrainingError(CnnexpError):
     """Training diverged (NaN/inf loss) or otherwise cannot continue."""
 
     exit_code = 5
+
+
+def suggest(bad, known, prefix: str = "") -> str:
+    """The ``" (did you mean 'x'?)"`` tail of an error about the unknown name ``bad``: the closest of
+    ``known`` (shown after ``prefix``, e.g. a config path), or "" when none is close."""
+    import difflib
+
+    hint = difflib.get_close_matches(str(bad), [str(k) for k in known], n=1)
+    return f" (did you mean {prefix + hint[0]!r}?)" if hint else ""

@@ -14,7 +14,6 @@ from typing import Any
 
 import numpy as np
 
-from . import layers as _layers  # noqa: F401  (registers the built-in layers)
 from .errors import ConfigError
 from .layers.base import Layer, ShapeError
 from .layers.softmax import Softmax

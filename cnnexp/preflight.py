@@ -10,12 +10,11 @@ instantiates anything, and goes through ``cnnexp.guard``. For a sweep, every job
 from __future__ import annotations
 
 import argparse
-import difflib
 import os
 import re
 from contextlib import contextmanager
 
-from .errors import ConfigError
+from .errors import ConfigError, suggest
 
 MAIN_MODULE = "cnnexp.cli"  # the module of the @hydra.main task function: Hydra's search path hangs on it
 
@@ -25,11 +24,6 @@ def _known_keys(node) -> list[str]:
         return sorted(str(k) for k in node.keys())
     except Exception:
         return []
-
-
-def _suggest(bad: str, known: list[str]) -> str:
-    hint = difflib.get_close_matches(bad, known, n=1)
-    return f" (did you mean {hint[0]!r}?)" if hint else ""
 
 
 def explain(exc: BaseException, base_cfg=None) -> str:
@@ -43,7 +37,7 @@ def explain(exc: BaseException, base_cfg=None) -> str:
     if m:
         group, name = m.groups()
         opts = re.findall(r"^\t(\S+)$", text, flags=re.M)
-        return (f"unknown {group} {name!r}{_suggest(name, opts)}; available {group} configs: "
+        return (f"unknown {group} {name!r}{suggest(name, opts)}; available {group} configs: "
                 f"{', '.join(sorted(opts)) or 'none'} (in conf/{group}/)")
     m = re.search(r"Key '([^']+)' (?:is not in struct|not in '\w+')", text)
     if m:
@@ -61,7 +55,7 @@ def explain(exc: BaseException, base_cfg=None) -> str:
             except Exception:
                 known = []
         where = f" in {parent}" if parent else ""
-        return (f"unknown config key {full!r}{_suggest(key, known)}; valid keys{where}: {', '.join(known)}"
+        return (f"unknown config key {full!r}{suggest(key, known)}; valid keys{where}: {', '.join(known)}"
                 if known else f"unknown config key {full!r}")
     m = re.search(r"Value '([^']*)' (?:of type '\w+' )?could not be converted to (\w+)", text)
     if m:

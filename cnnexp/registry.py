@@ -1,8 +1,10 @@
 """Registries map short ``type`` names from configs to Python callables.
 
-One registry per kind (layers, optimizers, initializers, datasets). Registering the same
-name twice is an error; an unknown name lists the known ones with a "did you mean";
-unexpected keyword arguments are named.
+One registry per kind (layers, optimizers, initializers, data sets, lr schedules, callbacks),
+each filled with its built-ins on first use: the registry imports the one module that registers
+them (``builtins``) the first time it is read or written, so ``len(LAYERS)`` in a fresh process
+already counts every built-in layer. Registering the same name twice is an error; an unknown
+name lists the known ones with a "did you mean"; unexpected keyword arguments are named.
 
 Register your own layer from your own module, without editing cnnexp::
 
@@ -19,19 +21,32 @@ and make Hydra import the module before the model is built with ``plugins=[my_mo
 
 from __future__ import annotations
 
-import difflib
+import importlib
 import inspect
 from typing import Any, Callable
 
-from .errors import ConfigError
+from .errors import ConfigError, suggest
 
 
 class Registry:
     """A name -> callable table for one kind of component."""
 
-    def __init__(self, kind: str):
+    def __init__(self, kind: str, builtins: str | None = None):
         self.kind = kind
+        self._builtins = builtins  # the module whose import registers the built-ins
         self._items: dict[str, Callable[..., Any]] = {}
+
+    @property
+    def table(self) -> dict[str, Callable[..., Any]]:
+        """The table, with the built-ins loaded on first access."""
+        if self._builtins:
+            module, self._builtins = self._builtins, None  # first: the import registers through here
+            try:
+                importlib.import_module(module)
+            except BaseException:
+                self._builtins = module
+                raise
+        return self._items
 
     def register(self, name: str, obj: Callable[..., Any] | None = None):
         """Register ``obj`` under ``name``; usable as a decorator."""
@@ -39,32 +54,37 @@ class Registry:
             raise ValueError(f"{self.kind} name must be a non-empty string, got {name!r}")
 
         def add(o):
-            if name in self._items:
+            items = self.table
+            if name in items:
                 raise ValueError(
-                    f"{self.kind} {name!r} is already registered (by {self._items[name].__module__}."
-                    f"{getattr(self._items[name], '__qualname__', self._items[name])}); pick another name"
+                    f"{self.kind} {name!r} is already registered (by {items[name].__module__}."
+                    f"{getattr(items[name], '__qualname__', items[name])}); pick another name"
                 )
-            self._items[name] = o
+            items[name] = o
             return o
 
         return add(obj) if obj is not None else add
 
     def unregister(self, name: str) -> None:
-        self._items.pop(name, None)
+        self.table.pop(name, None)
 
     def names(self) -> list[str]:
-        return sorted(self._items)
+        return sorted(self.table)
 
     def __contains__(self, name: str) -> bool:
-        return name in self._items
+        return name in self.table
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def __iter__(self):
+        return iter(self.names())
 
     def get(self, name: Any) -> Callable[..., Any]:
-        if not isinstance(name, str) or name not in self._items:
+        if not isinstance(name, str) or name not in self.table:
             known = self.names()
-            hint = difflib.get_close_matches(str(name), known, n=1)
-            dym = f" (did you mean {hint[0]!r}?)" if hint else ""
-            raise ConfigError(f"unknown {self.kind} {name!r}{dym}; known {self.kind}s: {', '.join(known)}")
-        return self._items[name]
+            raise ConfigError(f"unknown {self.kind} {name!r}{suggest(name, known)}; known {self.kind}s: {', '.join(known)}")
+        return self.table[name]
 
     def build(self, name: str, kwargs: dict[str, Any] | None = None, where: str = "") -> Any:
         """Call the registered object with ``kwargs``, naming unexpected or missing ones."""
@@ -90,19 +110,17 @@ def check_kwargs(fn: Callable[..., Any], kwargs: dict[str, Any], what: str) -> N
     unexpected = [k for k in kwargs if k not in accepted]
     if unexpected:
         bad = unexpected[0]
-        hint = difflib.get_close_matches(bad, accepted, n=1)
-        dym = f" (did you mean {hint[0]!r}?)" if hint else ""
         raise ConfigError(
-            f"{what} got unexpected argument {bad!r}{dym}; it accepts: {', '.join(accepted) or 'no arguments'}"
+            f"{what} got unexpected argument {bad!r}{suggest(bad, accepted)}; it accepts: {', '.join(accepted) or 'no arguments'}"
         )
     missing = [n for n in accepted if params[n].default is inspect.Parameter.empty and n not in kwargs]
     if missing:
         raise ConfigError(f"{what} is missing required argument {missing[0]!r}")
 
 
-LAYERS = Registry("layer")
-OPTIMIZERS = Registry("optimizer")
-INITIALIZERS = Registry("initializer")
-DATASETS = Registry("dataset")
-SCHEDULES = Registry("lr scheduler")  # cnnexp/schedules.py
-CALLBACKS = Registry("callback")  # cnnexp/callbacks/
+LAYERS = Registry("layer", "cnnexp.layers")
+OPTIMIZERS = Registry("optimizer", "cnnexp.optimizers")
+INITIALIZERS = Registry("initializer", "cnnexp.initializers")
+DATASETS = Registry("dataset", "cnnexp.data")
+SCHEDULES = Registry("lr scheduler", "cnnexp.schedules")
+CALLBACKS = Registry("callback", "cnnexp.callbacks")

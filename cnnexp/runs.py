@@ -118,12 +118,7 @@ class Source:
             self.conn, self.rs = runstore.connect(self.db), runstore
             self.exp_id = runstore.experiment_id(self.conn, experiment)
         else:
-            import logging
-
-            logging.getLogger("alembic").setLevel(logging.WARNING)
-            from mlflow.tracking import MlflowClient
-
-            self.client = MlflowClient(uri)
+            self.client = store.client(uri)
             exp = self.client.get_experiment_by_name(experiment)
             self.exp_id = exp.experiment_id if exp else None
 

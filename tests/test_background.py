@@ -5,41 +5,18 @@ replay command logs any journal whose writer is gone, idempotently."""
 
 from __future__ import annotations
 
-import json
 import re
 import signal
 import subprocess
-import sys
-import time
 
 import pytest
 
 from cnnexp.tracking import journal
-from tracking_helpers import TINY, all_runs, cli, client, env_for, wait_logged
+from helpers.cli import TINY, cli, start, wait_logged
+from helpers.tracking import all_runs, assert_complete, client, follower_of, journals, replay
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy")]
 RUN_ID = re.compile(r"MLflow run ([0-9a-f]{32})")
-
-
-def journals(out):
-    return journal.folders(out / "journals")
-
-
-def replay(out, *args, **env):
-    return subprocess.run([sys.executable, "-m", "cnnexp.tracking", "sync", *map(str, args)], capture_output=True,
-                          text=True, env=env_for(out, **env), timeout=300)
-
-
-def assert_complete(c, run, folder):
-    """The run has its journal's params and every metric point of it."""
-    start = journal.first_event(folder)
-    assert run.data.tags["cnnexp.run_key"] == start["key"] == folder.name
-    assert run.data.params["lr"] == str(start["cfg"]["lr"])
-    counts = {}
-    for _, e in journal.read_events(folder / journal.JOURNAL)[0]:
-        for k, *_ in e.get("metrics") or []:
-            counts[k] = counts.get(k, 0) + 1
-    assert counts and all(len(c.get_metric_history(run.info.run_id, k)) == n for k, n in counts.items()), counts
 
 
 def test_cli_returns_first_and_the_follower_completes_the_run(tmp_path):
@@ -103,9 +80,7 @@ def test_runs_sharing_a_run_folder_each_get_their_own_run(tmp_path, together):
     out, shared = tmp_path / "outputs", tmp_path / "fixed"
     args = lambda lr: [*TINY, f"lr={lr}", f"hydra.run.dir={shared}", "tracking.log_model=false"]  # noqa: E731
     if together:
-        procs = [subprocess.Popen([sys.executable, "-m", "cnnexp", *args(lr)], stdout=subprocess.PIPE,
-                                  stderr=subprocess.STDOUT, text=True, env=env_for(out), cwd=tmp_path)
-                 for lr in (0.001, 0.002)]
+        procs = [start(args(lr), out, stderr=subprocess.STDOUT) for lr in (0.001, 0.002)]
         assert [p.wait(timeout=300) for p in procs] == [0, 0], [p.stdout.read()[-2000:] for p in procs]
         wait_logged(out)
     else:
@@ -139,22 +114,11 @@ LONG = ["data=mnist_sample", "data.train_size=4000", "epochs=30", "log_every=500
 
 
 def start_long(out, *extra):
-    p = subprocess.Popen([sys.executable, "-u", "-m", "cnnexp", *LONG, *extra], stdout=subprocess.PIPE,
-                         stderr=subprocess.STDOUT, text=True, env=env_for(out), cwd=out.parent)
+    p = start([*LONG, *extra], out, stderr=subprocess.STDOUT)
     for line in p.stdout:
         if line.startswith("--- Epoch 2 ---"):  # epoch 1's checkpoint and metrics are journaled
             return p
     raise AssertionError(f"the run ended early ({p.wait()})")
-
-
-def follower_of(folder, timeout=60):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        f = journal.read_json(folder / "follower.json")
-        if f and journal.read_json(folder / journal.STATE).get("run_id"):
-            return f["pid"]
-        time.sleep(0.2)
-    raise AssertionError("the follower never created the run")
 
 
 @pytest.mark.parametrize("victim", ["training", "follower", "both"])

@@ -11,7 +11,8 @@ import pytest
 
 from cnnexp import commands, predict, runs
 from cnnexp.errors import ConfigError, DataError
-from tracking_helpers import TINY, all_runs, cli, client, env_for
+from helpers.cli import TINY, cli, env_for
+from helpers.tracking import all_runs, client
 
 
 def test_help_names_groups_experiments_knobs_sweeps_and_where_runs_go(capsys):
@@ -148,7 +149,7 @@ def test_ui_serves_the_configured_store_on_localhost(logged, tmp_path):
     import json
     import urllib.request
 
-    from tracking_helpers import free_port, server
+    from helpers.tracking import free_port, server
 
     port = free_port()
     cmd = [sys.executable, "-m", "cnnexp", "ui", "--port", str(port)]

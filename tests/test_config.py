@@ -3,29 +3,18 @@
 from __future__ import annotations
 
 import itertools
-from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
 
 from cnnexp.app import prepare
-from cnnexp.config import register_schemas
 from cnnexp.errors import ConfigError
-from cnnexp.paths import conf_dir
 from cnnexp.preflight import check
+from helpers.experiments import CONF, composed
 
-CONF = conf_dir()
-register_schemas()
 
 
 def options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
-
-
-def composed(overrides=()):
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return OmegaConf.to_container(compose(config_name="config", overrides=list(overrides)), resolve=True)
 
 
 def test_groups_exist():
@@ -43,7 +32,7 @@ def test_default_is_the_seed_post_experiment():
     assert cfg["optimizer"]["type"] == "sgd"
     exp = prepare(cfg)
     assert [l.name for l in exp.model.layers] == ["conv2d_0", "maxpool2d_1", "flatten_2", "dense_3", "softmax_4"]
-    conv, dense = exp.model.layers[0], exp.model.layers[3]
+    conv = exp.model.layers[0]
     assert exp.model.params["conv2d_0.W"].shape == (3, 3, 1, 8) and not conv.use_bias
     assert exp.model.params["dense_3.W"].shape == (1352, 10)
     assert (exp.model.params["dense_3.b"] == 0).all()
@@ -62,7 +51,10 @@ def test_every_model_optimizer_data_combination_builds(model, optimizer, data):
 @pytest.mark.parametrize("experiment", options("experiment"))
 def test_every_experiment_composes_and_builds(experiment):
     cfg = composed([f"experiment={experiment}"])
-    prepare(cfg)
+    exp = prepare(cfg)
+    assert exp.cfg is cfg and exp.model.output_shape == (10,) and exp.model.num_params > 0
+    assert [l.name.rsplit("_", 1)[0] for l in exp.model.layers] == [l["type"] for l in cfg["model"]["layers"]]
+    assert exp.model.dtype == cfg["model"]["dtype"] and exp.optimizer.lr == cfg["lr"]
 
 
 def test_layer_hyperparameters_override_from_the_command_line():
@@ -140,3 +132,13 @@ def test_experiment_overrides_top_level_defaults():
     assert cfg["data"]["name"] == "fashion_mnist" and cfg["data"]["train_size"] is None
     # and the command line still wins over the experiment
     assert composed(["experiment=fashion_seed", "epochs=2"])["epochs"] == 2
+
+
+def test_paths_is_a_visible_config_group(monkeypatch, tmp_path):
+    from cnnexp.paths import outputs_dir
+
+    assert options("paths") == ["default"]
+    assert composed()["paths"]["outputs"] == str(outputs_dir())
+    monkeypatch.setenv("CNNEXP_OUTPUTS", str(tmp_path / "elsewhere"))
+    assert composed()["paths"]["outputs"] == str(tmp_path / "elsewhere")
+    assert composed(["paths.outputs=/data/runs"])["paths"]["outputs"] == "/data/runs"

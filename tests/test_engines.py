@@ -12,8 +12,6 @@ import numpy as np
 import pytest
 import yaml
 
-import gradcheck  # noqa: F401  (makes cnnexp importable from a bare checkout)
-
 from cnnexp.engine import FastEngine, ReferenceEngine, available_cores
 from cnnexp.engine.compile import group
 from cnnexp.errors import ConfigError
@@ -22,6 +20,7 @@ from cnnexp.model import build_model
 from cnnexp.optimizers import build_optimizer
 from cnnexp.registry import LAYERS
 from cnnexp.train import fit
+from helpers.gradcheck import check_model
 
 REL = 1e-9
 PRESETS = sorted(Path(__file__).parent.parent.glob("conf/model/*.yaml"))
@@ -263,5 +262,5 @@ def test_fast_engine_random_stacks_pass_finite_differences(seed):
         if p.ndim == 1:
             p[...] = 0.1 * rng.standard_normal(p.shape)
     x, y = batch(spec, 4)
-    gradcheck.check_model(m, m.preprocess(x), y, max_per_param=200)
+    check_model(m, m.preprocess(x), y, max_per_param=200)
 

@@ -4,38 +4,17 @@ stderr, a non-zero exit status and no traceback; nothing already on disk is lost
 from __future__ import annotations
 
 import gzip
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from cnnexp.data.idx import STANDARD_FILES
-from test_e2e import separable_idx
+from helpers.cli import assert_one_line_error, cli
+from helpers.idx import separable_idx
 
 pytestmark = pytest.mark.slow
 TRAIN_IMAGES, TRAIN_LABELS, TEST_IMAGES, TEST_LABELS = STANDARD_FILES
-
-
-def cli(args, tmp_path, env=None, timeout=300):
-    e = {**os.environ, "CNNEXP_OFFLINE": "1", "CNNEXP_OUTPUTS": str(tmp_path / "outputs"), **(env or {})}
-    e.pop("HYDRA_FULL_ERROR", None)
-    return subprocess.run([sys.executable, "-m", "cnnexp", *args], capture_output=True, text=True,
-                          env=e, cwd=tmp_path, timeout=timeout)
-
-
-def assert_one_line_error(p, *needles):
-    assert p.returncode != 0, p.stdout[-2000:]
-    assert "Traceback" not in p.stderr, p.stderr
-    errors = [ln for ln in p.stderr.splitlines() if ln.startswith("cnnexp: error:")]
-    assert len(errors) == 1, p.stderr
-    others = [ln for ln in p.stderr.splitlines() if ln.strip() and not ln.startswith(("cnnexp: error:", "warning:"))]
-    assert not others, p.stderr
-    for n in needles:
-        assert n in errors[0], errors[0]
-    return errors[0]
 
 
 CONFIG_CASES = [
@@ -62,7 +41,7 @@ CONFIG_CASES = [
 
 @pytest.mark.parametrize("args,needles", CONFIG_CASES, ids=[" ".join(a) for a, _ in CONFIG_CASES])
 def test_bad_config(tmp_path, args, needles):
-    p = cli([*args, "tracking.enabled=false"], tmp_path)
+    p = cli([*args, "tracking.enabled=false"], tmp_path / "outputs")
     assert_one_line_error(p, *needles)
     assert "Epoch" not in p.stdout  # rejected before any training
 
@@ -103,24 +82,24 @@ DATA_CASES = [
 def test_bad_data(tmp_path, how, needles):
     d = corrupt(tmp_path / "idx", how)
     p = cli(["data=mnist", f"data.dir={d}", "data.train_size=null", "data.test_size=null",
-             "tracking.enabled=false"], tmp_path)
+             "tracking.enabled=false"], tmp_path / "outputs")
     assert_one_line_error(p, *needles)
 
 
 def test_missing_data_dir(tmp_path):
-    p = cli(["data.dir=/no/such/folder", "tracking.enabled=false"], tmp_path)
+    p = cli(["data.dir=/no/such/folder", "tracking.enabled=false"], tmp_path / "outputs")
     assert_one_line_error(p, "/no/such/folder")
 
 
 def test_diverging_run_names_the_step(tmp_path):
     p = cli(["lr=1e6", "data=mnist_sample", "data.train_size=200", "data.test_size=100", "log_every=50",
-             "tracking.enabled=false"], tmp_path)
+             "tracking.enabled=false"], tmp_path / "outputs")
     line = assert_one_line_error(p, "step", "lr")
     assert "nan" in line.lower() or "inf" in line.lower()
 
 
 def test_debug_flag_shows_the_traceback(tmp_path):
-    p = cli(["lr=-1", "tracking.enabled=false"], tmp_path, env={"CNNEXP_DEBUG": "1"})
+    p = cli(["lr=-1", "tracking.enabled=false"], tmp_path / "outputs", CNNEXP_DEBUG="1")
     assert p.returncode != 0
     assert "Traceback" in p.stderr and "ConfigError" in p.stderr
 
@@ -143,12 +122,12 @@ def test_weights_with_wrong_shapes_name_the_layer(tmp_path):
 def test_outputs_not_writable(tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("x")
-    p = cli(["tracking.enabled=false"], tmp_path, env={"CNNEXP_OUTPUTS": str(blocker / "outputs")})
+    p = cli(["tracking.enabled=false"], tmp_path / "outputs", CNNEXP_OUTPUTS=str(blocker / "outputs"))
     assert_one_line_error(p, str(blocker / "outputs"), "not writable")
 
 
 def test_outputs_disk_full(tmp_path):
-    p = cli(["tracking.enabled=false"], tmp_path, env={"CNNEXP_MIN_FREE_MB": str(10**12)})
+    p = cli(["tracking.enabled=false"], tmp_path / "outputs", CNNEXP_MIN_FREE_MB=str(10**12))
     assert_one_line_error(p, "MB free")
 
 
@@ -157,12 +136,12 @@ def test_outputs_disk_full(tmp_path):
                                       "+model.layers.0._target_=os.system",
                                       "+optimizer._target_=subprocess.call"])
 def test_no_free_target(tmp_path, override):
-    p = cli([override, "tracking.enabled=false"], tmp_path)
+    p = cli([override, "tracking.enabled=false"], tmp_path / "outputs")
     assert_one_line_error(p, "_target_", "not allowed")
 
 
 def test_data_errors_come_before_the_mlflow_run(tmp_path):
     """With tracking on, an input error found while loading data leaves no run behind."""
-    p = cli(["batch_size=1001"], tmp_path)
+    p = cli(["batch_size=1001"], tmp_path / "outputs")
     assert_one_line_error(p, "batch_size=1001")
     assert not (tmp_path / "outputs" / "mlflow.db").exists()

@@ -10,13 +10,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gradcheck import (assert_grad_close, check_layer, check_model, model_mean_loss, numeric_grad,
+from helpers.gradcheck import (assert_grad_close, check_layer, check_model, model_mean_loss, numeric_grad,
                        reseed_dropouts)
 
 from cnnexp.layers import Dropout, Softmax
 from cnnexp.model import build_model
 from cnnexp.registry import LAYERS
-from test_post_equivalence import seed_spec
+from helpers.experiments import seed_spec
 
 F64 = "float64"
 

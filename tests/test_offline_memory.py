@@ -9,10 +9,10 @@ import time
 import pytest
 
 from cnnexp.data import datasets, download, load_dataset
-from test_data import needs_sample, sandbox  # noqa: F401  (fixture)
+from helpers.idx import needs_sample
 
 
-def test_failed_download_is_remembered_for_an_hour(sandbox, capsys):  # noqa: F811
+def test_failed_download_is_remembered_for_an_hour(sandbox, capsys):
     with pytest.raises(download.DownloadError, match="127.0.0.1"):
         download.fetch("mnist")
     marker = download.cache_dir("mnist") / download.FAILED_MARKER
@@ -29,7 +29,7 @@ def test_failed_download_is_remembered_for_an_hour(sandbox, capsys):  # noqa: F8
 
 
 @needs_sample
-def test_fallback_warning_once_per_process_with_the_offline_hint(sandbox, capsys, monkeypatch):  # noqa: F811
+def test_fallback_warning_once_per_process_with_the_offline_hint(sandbox, capsys, monkeypatch):
     monkeypatch.setattr(datasets, "_WARNED", set())  # as in a fresh process
     load_dataset("mnist")  # fails to connect: the warning, with the CNNEXP_OFFLINE hint
     err = capsys.readouterr().err

@@ -5,8 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import gradcheck  # noqa: F401  (makes cnnexp importable from a bare checkout)
-
 from cnnexp.errors import ConfigError
 from cnnexp.optimizers import build_optimizer
 

@@ -7,7 +7,8 @@ import glob
 
 import pytest
 
-from tracking_helpers import all_runs, cli, client
+from helpers.cli import cli
+from helpers.tracking import all_runs, client
 
 optuna = pytest.importorskip("optuna")
 pytestmark = pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy")

@@ -13,26 +13,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import gradcheck  # noqa: F401  (makes cnnexp importable from a bare checkout)
-import post_reference as post
 
 from cnnexp.model import build_model
 from cnnexp.optimizers import build_optimizer
+from helpers import post_reference as post
+from helpers.experiments import seed_spec
 
 TOL = dict(rtol=1e-10, atol=1e-13)
-
-
-def seed_spec(h=28, w=28):
-    return {
-        "input_shape": [h, w, 1],
-        "layers": [
-            {"type": "conv2d", "filters": 8, "kernel_size": 3, "bias": False, "init": "randn_fan_in"},
-            {"type": "maxpool2d", "pool": 2},
-            {"type": "flatten"},
-            {"type": "dense", "units": 10, "init": "randn_fan_in"},
-            {"type": "softmax"},
-        ],
-    }
 
 
 def build_pair(h=28, w=28, seed=0):

@@ -14,7 +14,7 @@ import time
 import pytest
 
 from cnnexp.progress import Progress, resolve
-from tracking_helpers import env_for
+from helpers.cli import env_for
 
 
 class Tty(io.StringIO):

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tracking_helpers import all_runs, client, env_for, wait_logged
+from helpers.cli import env_for, wait_logged
+from helpers.tracking import all_runs, client
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 BLOCK = re.compile(r"(?:<!-- readme-test: skip \(([^)]*)\) -->\n)?```(\w*)\n(.*?)```", re.S)

@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import importlib
+import subprocess
 import sys
 import textwrap
 
 import numpy as np
 import pytest
 
-from gradcheck import check_layer, check_model
-
 from cnnexp.errors import CnnexpError, ConfigError
 from cnnexp.layers import Conv2D, Layer
 from cnnexp.model import build_model
-from cnnexp.optimizers import build_optimizer  # noqa: F401  (registers the optimizers)
 from cnnexp.registry import LAYERS, OPTIMIZERS, Registry
+from helpers.gradcheck import check_layer, check_model
 
 
 def build_error(layers, input_shape=(8, 8, 1), **kw) -> str:
@@ -299,3 +298,26 @@ def test_bad_model_spec(spec, needle):
 
 def test_config_errors_are_cnnexp_errors():
     assert issubclass(ConfigError, CnnexpError)
+
+
+def test_a_fresh_process_sees_every_builtin_on_first_use():
+    """No other import needed: each registry loads the module that registers its built-ins."""
+    code = textwrap.dedent("""
+        import sys
+        from cnnexp import registry as r
+        assert not any(m in sys.modules for m in ("cnnexp.layers", "cnnexp.optimizers", "cnnexp.data"))
+        print({name: sorted(reg) for name, reg in (("layers", r.LAYERS), ("optimizers", r.OPTIMIZERS),
+               ("initializers", r.INITIALIZERS), ("datasets", r.DATASETS), ("schedules", r.SCHEDULES),
+               ("callbacks", r.CALLBACKS))})
+        print(len(r.LAYERS), "conv2d" in r.LAYERS, r.OPTIMIZERS.get("adam").__name__)
+    """)
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.splitlines()
+    seen = eval(lines[0])  # noqa: S307  (our own repr of a dict of lists of names)
+    assert {"conv2d", "maxpool2d", "avgpool2d", "flatten", "dense", "dropout", "relu", "softmax"} <= set(seen["layers"])
+    assert {"sgd", "momentum", "adam"} <= set(seen["optimizers"])
+    assert {"mnist", "fashion_mnist", "mnist_sample", "idx"} <= set(seen["datasets"])
+    assert {"early_stopping", "model_checkpoint"} <= set(seen["callbacks"])
+    assert seen["initializers"] and {"none", "step", "cosine"} <= set(seen["schedules"])
+    assert lines[1] == f"{len(seen['layers'])} True Adam"

@@ -11,34 +11,12 @@ from cnnexp import checkpoint
 from cnnexp.app import prepare, run
 from cnnexp.errors import ConfigError, DataError
 from cnnexp.tracking.base import MemoryTracker
-from cnnexp.train import StopRequested, TrainState, request_stop
-from test_config import composed
+from cnnexp.train import StopRequested, TrainState
+from helpers.experiments import StopAt, composed, final_of, quiet
 
 ARGS = ["data=mnist_sample", "data.train_size=400", "data.val_size=100", "data.test_size=100", "epochs=3",
         "log_every=5", "model=keras_mnist", "model.layers.0.filters=4", "model.layers.2.filters=4",
         "model.layers.7.units=16", "batch_size=8", "optimizer=adam", "lr=0.002"]
-
-
-class StopAt(MemoryTracker):
-    """Requests a stop when the train/loss metric reaches a given image count."""
-
-    def __init__(self, at):
-        super().__init__()
-        self.at, self.fired = at, False
-
-    def log_metrics(self, metrics, step):
-        super().log_metrics(metrics, step)
-        if "train/loss" in metrics and step >= self.at and not self.fired:
-            self.fired = True
-            request_stop()
-
-
-def quiet(_):
-    pass
-
-
-def final_of(result):
-    return {k: v for k, v in result["metrics"].items() if not k.startswith("perf/")}, result["model"].state_dict()
 
 
 @pytest.fixture(scope="module")

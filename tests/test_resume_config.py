@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from cnnexp.resume import changes, merge
-from test_config import composed
-from test_signals import final, last_ckpt, reference, start, wait_for, weights  # noqa: F401  (fixture)
-from tracking_helpers import all_runs, cli, client, wait_logged
+from helpers.cli import RESUMABLE, cli, final, start, wait_for, wait_logged
+from helpers.experiments import composed, last_ckpt, weights
+from helpers.tracking import all_runs, client
 
 
 def test_merge_keeps_the_saved_config_under_the_overrides():
@@ -38,9 +38,9 @@ def test_merge_fills_keys_newer_than_the_checkpoint():
 
 
 @pytest.mark.slow
-def test_resume_by_id_prefix_without_overrides_is_exact(tmp_path, reference):  # noqa: F811
+def test_resume_by_id_prefix_without_overrides_is_exact(tmp_path, uninterrupted):
     out = tmp_path / "outputs"
-    p = start(out)
+    p = start(RESUMABLE, out)
     wait_for(p, r"^\[Step 1000\]")  # inside epoch 1
     p.send_signal(signal.SIGINT)
     p.communicate(timeout=60)
@@ -50,7 +50,7 @@ def test_resume_by_id_prefix_without_overrides_is_exact(tmp_path, reference):  #
     q = cli([f"resume={run_id[:7]}"], out)  # nothing else: the run's own config
     assert q.returncode == 0, q.stderr
     assert f"Resuming {run_id[:7]} with its own config (no overrides)" in q.stdout
-    ref_final, ref_w = reference
+    ref_final, ref_w = uninterrupted
     assert final(q.stdout) == ref_final
     w = weights(last_ckpt(out))
     assert all(np.array_equal(w[k], ref_w[k]) for k in ref_w)

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import filecmp
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from scaling_fixtures import postgres, team_server  # noqa: F401  (fixtures)
-from tracking_helpers import TINY, all_runs, cli, env_for, wait_logged
+from helpers.scaling import postgres, team_server  # noqa: F401  (fixtures)
+from helpers.cli import TINY, cli, start, wait_logged
+from helpers.tracking import all_runs
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy")]
 
@@ -55,9 +55,7 @@ def sweep_process(out: Path, url: str, storage: str, seed: int, password: str) -
             "hydra.sweeper.sampler.type=random", f"hydra.sweeper.sampler.seed={seed}",
             # a trial stuck near chance (lr 1e-05: val/acc about 0.1) is pruned after epoch 1
             "~hydra.sweeper.pruner", "+hydra.sweeper.pruner={type: threshold, lower: 0.3}"]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    return subprocess.Popen([sys.executable, "-m", "cnnexp", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, env=env_for(out, PGPASSWORD=password), cwd=out.parent)
+    return start(args, out, stderr=subprocess.STDOUT, PGPASSWORD=password)
 
 
 def test_two_sweep_processes_search_one_postgres_study(team_server, postgres, tmp_path):

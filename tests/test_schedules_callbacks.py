@@ -15,8 +15,7 @@ from cnnexp.errors import ConfigError
 from cnnexp.schedules import build_schedule
 from cnnexp.tracking.base import MemoryTracker
 from cnnexp.train import StopRequested
-from test_config import composed
-from test_resume import StopAt, final_of, quiet
+from helpers.experiments import StopAt, composed, final_of, quiet
 
 SMALL = ["data=mnist_sample", "data.train_size=300", "data.val_size=100", "data.test_size=100", "log_every=10",
          "batch_size=10", "verbose=0"]

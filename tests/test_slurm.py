@@ -1,19 +1,19 @@
 """Sweeps through hydra/launcher=slurm on a real one-node SLURM cluster (slurmctld + slurmd +
-munged from Debian's packages, started here from a temp folder: tests/slurm_cluster.py)."""
+munged from Debian's packages, started here from a temp folder: tests/helpers/slurm_cluster.py)."""
 
 from __future__ import annotations
 
 import glob
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from slurm_cluster import SlurmCluster, Unavailable
-from tracking_helpers import TINY, all_runs, cli, client, env_for, wait_logged
+from helpers.slurm_cluster import SlurmCluster, Unavailable
+from helpers.cli import TINY, cli, start, wait_logged
+from helpers.tracking import all_runs, client
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy")]
 
@@ -100,10 +100,7 @@ def test_scancelled_job_ends_killed_and_a_second_sweep_resumes_it(slurm, tmp_pat
     out = tmp_path / "outputs"
     args = ["-m", "hydra/launcher=slurm", "data=mnist_sample", "data.train_size=4000", "data.test_size=100",
             "epochs=4", "log_every=200", "tracking.log_model=false"]
-    env = env_for(out, **slurm_env(slurm))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    first = subprocess.Popen([sys.executable, "-m", "cnnexp", *args, "lr=0.005,0.01"], stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, text=True, env=env, cwd=out.parent)
+    first = start([*args, "lr=0.005,0.01"], out, stderr=subprocess.STDOUT, **slurm_env(slurm))
     ckpt = wait_for(f"{out}/multirun/*/*/1/checkpoints/last.npz", first)  # job 1 finished an epoch
     sweep_dir = Path(ckpt).parents[2]
     (task_dir,) = glob.glob(f"{sweep_dir}/.submitit/*_1")

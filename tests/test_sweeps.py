@@ -11,7 +11,8 @@ import threading
 
 import pytest
 
-from tracking_helpers import TINY, all_runs, cli, client, env_for, stop, wait_logged
+from helpers.cli import TINY, cli, env_for, start, wait_logged
+from helpers.tracking import all_runs, client, stop
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy")]
 
@@ -135,10 +136,8 @@ def test_failed_job_fails_alone_and_the_sweep_exits_non_zero(tmp_path):
                                             ("parallel", "Ctrl-C: SIGINT to the whole process group")])
 def test_interrupted_sweep_ends_parent_and_jobs_killed(tmp_path, launcher, how):
     out = tmp_path / "outputs"
-    cmd = [sys.executable, "-m", "cnnexp", "-m", f"hydra/launcher={launcher}", "data=mnist_sample",
-           "data.train_size=4000", "epochs=50", "lr=0.001,0.01"]
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env_for(out),
-                         cwd=tmp_path, start_new_session=True)
+    p = start(["-m", f"hydra/launcher={launcher}", "data=mnist_sample", "data.train_size=4000", "epochs=50",
+               "lr=0.001,0.01"], out, stderr=subprocess.STDOUT, new_session=True)
     timer = threading.Timer(120, stop, (p,))
     timer.start()
     try:

@@ -12,15 +12,16 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-import yaml
 
 from cnnexp.model import build_model
 from cnnexp.tracking import meta, plots, store
 from cnnexp.tracking.export import load_model_files, model_spec, save_model_files
+from helpers.cli import cli, env_for
+from helpers.experiments import seed_spec
 
 pytestmark = pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy")  # inside MLflow
 ROOT = Path(__file__).resolve().parents[1]
-SEED_SPEC = yaml.safe_load((ROOT / "conf/model/seed.yaml").read_text())
+SEED_SPEC = seed_spec()
 
 
 def seed_model(seed=0):
@@ -314,18 +315,15 @@ def test_runs_table_ranks_by_metric_with_varying_overrides():
 
 
 def test_unreachable_tracking_server_fails_the_run_in_one_line(tmp_path):
-    env = {**os.environ, "CNNEXP_OUTPUTS": str(tmp_path / "out"), "CNNEXP_OFFLINE": "1"}
-    p = subprocess.run([sys.executable, "-m", "cnnexp", "data=mnist_sample", "tracking.uri=http://127.0.0.1:9"],
-                       capture_output=True, text=True, env=env, timeout=120)
+    p = cli(["data=mnist_sample", "tracking.uri=http://127.0.0.1:9"], tmp_path / "out", timeout=120)
     assert p.returncode == 4 and p.stderr.strip().splitlines()[-1].startswith(
         "cnnexp: error: cannot reach the MLflow server at http://127.0.0.1:9")
     assert "Epoch" not in p.stdout  # before any training
 
 
 def test_runs_cli_without_a_store_is_one_clear_line(tmp_path):
-    env = {**os.environ, "CNNEXP_OUTPUTS": str(tmp_path / "none")}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    p = subprocess.run([sys.executable, "-m", "cnnexp.runs"], capture_output=True, text=True, env=env, timeout=120)
+    p = subprocess.run([sys.executable, "-m", "cnnexp.runs"], capture_output=True, text=True,
+                       env=env_for(tmp_path / "none"), timeout=120)
     assert p.returncode == 1 and p.stdout == ""
     assert p.stderr.strip().count("\n") == 0 and "no runs yet" in p.stderr
 
@@ -335,18 +333,22 @@ def test_no_import_cycles_in_tracking_and_the_entry_modules():
     import ast
 
     pkg = ROOT / "cnnexp"
-    files = [*sorted((pkg / "tracking").glob("*.py")), pkg / "cli.py", pkg / "app.py", pkg / "runs.py"]
-    name = lambda f: ".".join(f.relative_to(ROOT).with_suffix("").parts)  # noqa: E731
+    entry = ("__main__", "cli", "commands", "app", "preflight", "config", "paths", "errors", "registry", "resume",
+             "runs", "runstore", "predict", "ui_cmd", "train", "model", "checkpoint", "progress")
+    files = [*sorted((pkg / "tracking").glob("*.py")), *(pkg / f"{m}.py" for m in entry if (pkg / f"{m}.py").exists())]
+    name = lambda f: ".".join(f.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")  # noqa: E731
+    known = {name(g) for g in files}
     graph = {}
     for f in files:
         mod = name(f)
         deps = set()
         for node in ast.walk(ast.parse(f.read_text())):
             if isinstance(node, ast.ImportFrom) and node.level:
-                base = mod.split(".")[: -node.level]
+                package = (mod if f.name == "__init__.py" else mod.rsplit(".", 1)[0]).split(".")
+                base = package[: len(package) - node.level + 1]  # level 1: this package, 2: its parent
                 target = ".".join(base + ([node.module] if node.module else []))
-                deps |= {f"{target}.{a.name}" if not node.module else target for a in node.names}
-        graph[mod] = {d for d in deps if d in {name(g) for g in files} and d != mod}
+                deps |= {target} | {f"{target}.{a.name}" for a in node.names}
+        graph[mod] = {d for d in deps if d in known and d != mod}
 
     def visit(m, path):
         assert m not in path, "import cycle: " + " -> ".join([*path, m])
@@ -356,3 +358,5 @@ def test_no_import_cycles_in_tracking_and_the_entry_modules():
     for m in graph:
         visit(m, [])
     assert graph["cnnexp.tracking.journal"] and "cnnexp.tracking.sync" in graph["cnnexp.tracking.sweep"]
+    assert {"cnnexp.cli", "cnnexp.commands", "cnnexp.app", "cnnexp.preflight"} <= graph.keys()
+    assert "cnnexp.app" in graph["cnnexp.cli"] and "cnnexp.errors" in graph["cnnexp.preflight"]

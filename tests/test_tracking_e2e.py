@@ -18,7 +18,8 @@ import yaml
 
 from cnnexp.tracking.export import load_model_files
 from cnnexp.tracking.meta import flatten
-from tracking_helpers import all_runs, cli, client, env_for, free_port, server, stop, wait_logged
+from helpers.cli import cli, env_for, start, wait_logged
+from helpers.tracking import all_runs, client, free_port, server, stop
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy")]
 ARGS = ["data=mnist_sample", "data.train_size=200", "data.val_size=50", "data.test_size=100", "epochs=2",
@@ -87,7 +88,7 @@ def test_every_metric_is_logged_at_its_step(tracked):
 
 
 def test_artifacts_are_all_there(tracked):
-    _, c, run = tracked
+    out, c, run = tracked
     found = {a.path for d in ("", "hydra", "plots", "checkpoints") for a in c.list_artifacts(run.info.run_id, d)}
     assert {"config.yaml", "hydra/config.yaml", "hydra/hydra.yaml", "hydra/overrides.yaml", "model_summary.txt",
             "cnnexp.log", "checkpoints/last.npz", "plots/confusion_matrix.png",
@@ -174,9 +175,8 @@ def test_diverging_run_ends_failed_with_the_error_and_keeps_its_metrics(tmp_path
 
 def test_terminated_run_ends_killed(tmp_path):
     out = tmp_path / "outputs"
-    cmd = [sys.executable, "-m", "cnnexp", "data=mnist_sample", "data.train_size=4000", "epochs=50"]
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env_for(out),
-                         cwd=tmp_path, start_new_session=True)
+    p = start(["data=mnist_sample", "data.train_size=4000", "epochs=50"], out, stderr=subprocess.STDOUT,
+              new_session=True)
     timer = threading.Timer(120, stop, (p,))  # bounded: never hang the test session
     timer.start()
     try:

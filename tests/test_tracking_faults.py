@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from cnnexp.tracking import journal
-from test_background import assert_complete, follower_of, journals, replay
-from tracking_helpers import TINY, all_runs, cli, client, env_for, free_port, server, wait_logged
+from helpers.cli import TINY, cli, env_for, start, wait_logged
+from helpers.tracking import all_runs, assert_complete, client, follower_of, free_port, journals, replay, server
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy")]
 REPLAY = re.compile(r"log it with: (python -m cnnexp\.tracking sync \S+)")
@@ -37,9 +37,8 @@ def run_replay(out, line, **env):
 
 def test_sqlite_file_deleted_mid_run_ends_in_the_new_store_complete(tmp_path):
     out = tmp_path / "outputs"
-    p = subprocess.Popen([sys.executable, "-u", "-m", "cnnexp", "data=mnist_sample", "data.train_size=2000",
-                          "epochs=4", "log_every=100", "tracking.log_model=false"], stdout=subprocess.PIPE,
-                         stderr=subprocess.STDOUT, text=True, env=env_for(out), cwd=tmp_path)
+    p = start(["data=mnist_sample", "data.train_size=2000", "epochs=4", "log_every=100", "tracking.log_model=false"],
+              out, stderr=subprocess.STDOUT)
     for line in p.stdout:
         if line.startswith("--- Epoch 2 ---"):
             break
@@ -76,10 +75,8 @@ def test_server_down_past_the_retries_then_back(tmp_path):
     out = tmp_path / "outputs"
     quick = dict(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT="5", CNNEXP_SYNC_PATIENCE="2")
     with mlflow_server(tmp_path, port):
-        p = subprocess.Popen([sys.executable, "-u", "-m", "cnnexp", "data=mnist_sample", "data.train_size=2000",
-                              "epochs=3", "log_every=100", "tracking.log_model=false", f"tracking.uri={uri}"],
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                             env=env_for(out, **quick), cwd=tmp_path)
+        p = start(["data=mnist_sample", "data.train_size=2000", "epochs=3", "log_every=100",
+                   "tracking.log_model=false", f"tracking.uri={uri}"], out, stderr=subprocess.STDOUT, **quick)
         for line in p.stdout:
             if line.startswith("--- Epoch 2 ---"):
                 break

@@ -32,7 +32,7 @@ from .download import REMEMBERED, DownloadError, fetch, offline
 from .idx import STANDARD_FILES, find_files, read_pair
 from .sample import load_sample
 
-SOURCES = ("local_dir", "system_dir", "download", "cache", "bundled_sample", "synthetic")
+SOURCES = ("local_dir", "system_dir", "download", "cache", "bundled_sample")
 DIGITS = tuple(str(d) for d in range(10))
 FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")

@@ -1,6 +1,6 @@
 """The small interface the training loop reports to. The entry point uses ``JournalTracker``
-(``tracking/journal.py``); only ``tracking/sync.py`` and its helpers know MLflow; the core
-(layers, model, training loop) can run with ``NullTracker``."""
+(``tracking/journal.py``); only the modules of ``cnnexp/tracking/`` import MLflow (the follower's
+``sync.py`` and its helpers); the core (layers, model, training loop) can run with ``NullTracker``."""
 
 from __future__ import annotations
 

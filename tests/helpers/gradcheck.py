@@ -14,16 +14,7 @@ index, a missing term, a factor of 2) gives errors of order 1e-2 .. 1.
 
 from __future__ import annotations
 
-import importlib.util
-import os
-import sys
-
 import numpy as np
-
-# Let ``import cnnexp`` work from a bare checkout too (no ``pip install -e .``): the test
-# files import this module before cnnexp.
-if importlib.util.find_spec("cnnexp") is None:  # pragma: no cover
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 EPS = 1e-6
 TOL = 1e-6

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from pg_server import PostgresServer, Unavailable
-from tracking_helpers import free_port, server
+from helpers.pg_server import PostgresServer, Unavailable
+from helpers.tracking import free_port, server
 
 
 @pytest.fixture(scope="module")

