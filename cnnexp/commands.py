@@ -113,8 +113,11 @@ def check_sweep_syntax(argv: list[str]) -> None:
 
     register_schemas()
     picks = [a for a in argv if a.startswith(("hydra/sweeper=", "experiment=", "hydra.sweeper._target_="))]
-    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-        target = str(compose(config_name="config", overrides=picks, return_hydra_config=True).hydra.sweeper._target_)
+    try:
+        with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+            target = str(compose(config_name="config", overrides=picks, return_hydra_config=True).hydra.sweeper._target_)
+    except Exception:  # noqa: BLE001  (a sweeper config only Hydra's own launch composes: leave it to Hydra)
+        return
     if "optuna" not in target.lower():
         raise ConfigError(f"{bad[0]}: interval() is a search range that only the Optuna sweeper samples; add "
                           f"hydra/sweeper=optuna_max (see conf/experiment/optuna_lr.yaml), or give values: "
