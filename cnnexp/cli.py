@@ -185,10 +185,11 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     from hydra_plugins.cnnexp_plugins import register
 
-    from . import preflight
+    from . import commands, preflight
     from .app import stop_on_signals
 
     try:
+        argv = commands.dispatch(argv)  # subcommands (runs, predict, ui), --help, --version: they exit
         register()  # cnnexp's sweeper and launchers (an editable install hides them from Hydra's scan)
         preflight.check(argv, CONF_DIR)
     except CnnexpError as e:

@@ -1,6 +1,6 @@
 """``cnnexp`` as one command: subcommands, ``--help`` for people, ``--version``, shell
-completion, and sweep syntax the configured sweeper cannot run. ``main`` calls ``dispatch``
-first; what is left (``cnnexp train ...`` = ``python -m cnnexp ...``) goes to ``cnnexp.cli.main``.
+completion, and sweep syntax the configured sweeper cannot run. ``cnnexp.cli.main`` calls
+``dispatch`` first; what is left (``cnnexp train ...`` = ``python -m cnnexp ...``) goes to Hydra.
 """
 
 from __future__ import annotations
@@ -131,11 +131,8 @@ def main(argv: list[str] | None = None) -> None:
     """The ``cnnexp`` script and ``python -m cnnexp``: subcommands, help and version without
     importing Hydra (``cnnexp runs`` answers in a fraction of a second); training via ``cli.main``."""
     argv = sys.argv[1:] if argv is None else argv
-    try:
-        argv = dispatch(argv)  # subcommands, --help, --version exit here; what is left trains
-    except ConfigError as e:
-        print(f"cnnexp: error: {e}", file=sys.stderr, flush=True)
-        sys.exit(e.exit_code)
+    if argv[:1] != ["train"]:
+        dispatch(argv, check=False)
     from .cli import main as train_main
 
     train_main(argv)
