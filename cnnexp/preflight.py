@@ -2,7 +2,8 @@
 composition errors into one line that names the bad value and what would be valid.
 
 For a sweep (``-m lr=0.001,0.01 model=seed,lenet5``) every combination is composed and
-validated first, so a bad value in the last job stops the sweep before the first job runs.
+validated first, so a bad value in the last job stops the sweep before the first job runs;
+search ranges (``interval()``) are refused unless the configured sweeper is Optuna's.
 """
 
 from __future__ import annotations
@@ -143,6 +144,29 @@ def check_outputs(path) -> None:
     if free_mb < float(os.environ.get("CNNEXP_MIN_FREE_MB", MIN_FREE_MB)):
         raise TrackingError(f"outputs folder {str(path)!r} has only {free_mb:.0f} MB free; "
                             f"free some space or point CNNEXP_OUTPUTS elsewhere")
+
+
+def check_sweep_syntax(argv: list[str]) -> None:
+    """``interval()`` is a search space only Optuna samples; the basic sweeper would fail with a
+    traceback after the sweep's parent run was created. Say so in one line, before anything runs."""
+    if not any(a in ("-m", "--multirun") for a in argv):
+        return
+    bad = [a for a in argv if re.search(r"=\s*(tag\(.*)?interval\(", a)]
+    if not bad:
+        return
+    from hydra import compose, initialize_config_dir
+
+    from .config import register_schemas
+    from .paths import conf_dir
+
+    register_schemas()
+    picks = [a for a in argv if a.startswith(("hydra/sweeper=", "experiment=", "hydra.sweeper._target_="))]
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+        target = str(compose(config_name="config", overrides=picks, return_hydra_config=True).hydra.sweeper._target_)
+    if "optuna" not in target.lower():
+        raise ConfigError(f"{bad[0]}: interval() is a search range that only the Optuna sweeper samples; add "
+                          f"hydra/sweeper=optuna_max (see conf/experiment/optuna_lr.yaml), or give values: "
+                          f"{bad[0].split('=')[0]}=0.001,0.01,0.1")
 
 
 def check(argv: list[str], conf_dir: str) -> int:
