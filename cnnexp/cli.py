@@ -126,6 +126,8 @@ def optuna_trial(cfg: dict):
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
 def hydra_main(dcfg: DictConfig) -> float | None:
     from .app import load_checked_data, prepare, run
+    from .checkpoint import check_fits
+    from .preflight import check_job
     from .sweepers.trial import TrialPruned
 
     cfg = OmegaConf.to_container(dcfg, resolve=True)
@@ -133,10 +135,12 @@ def hydra_main(dcfg: DictConfig) -> float | None:
     tracker, mode, value, logged = None, None, None, True
     status, error = "FAILED", "the run ended without reporting why"
     try:  # the journal always gets its end (finally): FINISHED, FAILED or KILLED
+        check_job(dcfg)  # cnnexp.preflight: the guard again, inside every job
         cfg, ckpt = resume.apply(cfg, info["overrides"], logger.info, default_config,  # resume=: its own config
                                  os.path.join(info["output_dir"], "resume"))
         exp = prepare(cfg)  # config, data and checkpoint errors all come before the journal
         data = load_checked_data(cfg, exp)
+        check_fits(ckpt, exp, data[1], cfg)  # cnnexp.checkpoint: mismatches before the run
         trial = optuna_trial(cfg)
         tracker, mode = make_tracker(cfg, info)
         result = run(cfg, tracker=tracker, exp=exp, resume=ckpt, data=data, on_epoch_end=trial,

@@ -7,7 +7,10 @@ what would be valid. Both run before any data is loaded or any run is logged.
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, List, Optional
 
 from omegaconf import MISSING, OmegaConf
@@ -84,6 +87,7 @@ class Config:
     verbose: Optional[int] = None  # 0 quiet, 1 epoch lines, 2 + live bar (terminal), 3 + the post's step lines
     lr_scheduler: Any = field(default_factory=lambda: {"type": "none"})
     callbacks: Any = field(default_factory=dict)  # {name: {type: early_stopping, monitor: ...}}
+    memory_limit_mb: Optional[int] = None  # refuse models estimated to need more; null = MemAvailable
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optimizer: Any = field(default_factory=lambda: {"type": "sgd"})
@@ -121,16 +125,69 @@ def _check_keys(cfg: dict, schema, where: str = "") -> None:
             _check_keys(v, type(default), f"{where}{k}.")
 
 
-def validate(cfg: dict) -> None:
+def need(ok: bool, key: str, value, valid: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}={value!r} is invalid: {valid}")
+
+
+def check_finite(node, where: str = "") -> None:
+    """Every float in the config is finite: NaN/inf never reach the arithmetic."""
+    if isinstance(node, dict):
+        for k, v in node.items():
+            check_finite(v, f"{where}.{k}" if where else str(k))
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            check_finite(v, f"{where}.{i}")
+    elif isinstance(node, float) and not math.isfinite(node):
+        raise ConfigError(f"{where}={node!r} is invalid: must be a finite number")
+
+
+# optimizer hyperparameters: (test, what is valid)
+OPTIMIZER_RANGES = {
+    "momentum": (lambda v: 0 <= v < 1, "must be a number in [0, 1)"),
+    "beta1": (lambda v: 0 <= v < 1, "must be a number in [0, 1)"),
+    "beta2": (lambda v: 0 <= v < 1, "must be a number in [0, 1)"),
+    "eps": (lambda v: 0 < v < 1, "must be a number in (0, 1)"),
+    "weight_decay": (lambda v: v >= 0, "must be a finite number >= 0"),
+}
+
+
+def check_optimizer(opt) -> None:
+    need(isinstance(opt, dict) and "type" in opt, "optimizer", opt, "must be a mapping with a 'type' key, e.g. optimizer=sgd")
+    for k, (ok, valid) in OPTIMIZER_RANGES.items():
+        if k in opt:
+            need(_num(opt[k]) and ok(opt[k]), f"optimizer.{k}", opt[k], valid)
+
+
+def check_tracking(t: dict) -> None:
+    """An experiment name that stays a folder name under mlartifacts/; a sqlite:/// store whose
+    folder exists (a typo is not silently created), except the default outputs folder."""
+    import os
+
+    name = t["experiment"]
+    need(isinstance(name, str) and name.strip() and not re.search(r"[/\\\x00-\x1f]", name)
+         and re.sub(r"[^\w.-]+", "_", name).strip(".") != "", "tracking.experiment", name,
+         "use a name without path separators, control characters or only dots, e.g. tracking.experiment=lenet_study")
+    uri = t.get("uri") or os.environ.get("MLFLOW_TRACKING_URI") or ""
+    if uri.startswith("sqlite:///"):
+        from .errors import TrackingError
+
+        folder = Path(uri[len("sqlite:///"):]).expanduser().absolute().parent
+        try:
+            missing = not folder.exists() and folder != outputs_dir()
+        except OSError:  # not ours to judge: the store check reports it
+            missing = False
+        if missing:
+            key = "tracking.uri" if t.get("uri") else "$MLFLOW_TRACKING_URI"
+            raise TrackingError(f"{key}={uri!r} is invalid: folder {str(folder)!r} does not exist; "
+                                f"create it or fix the path")
+
+
+def check_values(cfg: dict) -> None:
     """Raise ConfigError (one line) for the first invalid value in a resolved config dict."""
     _check_keys({k: v for k, v in cfg.items() if k != "hydra"}, Config)
-
-    def need(ok: bool, key: str, value, valid: str):
-        if not ok:
-            raise ConfigError(f"{key}={value!r} is invalid: {valid}")
-
-    need(_num(cfg["lr"]) and cfg["lr"] > 0 and cfg["lr"] != float("inf"), "lr", cfg["lr"],
-         "must be a number > 0 (the post uses lr=0.005)")
+    check_finite({k: v for k, v in cfg.items() if k != "hydra"})
+    need(_num(cfg["lr"]) and cfg["lr"] > 0, "lr", cfg["lr"], "must be a number > 0 (the post uses lr=0.005)")
     for k in ("epochs", "batch_size", "log_every", "eval_batch_size"):
         need(isinstance(cfg[k], int) and cfg[k] >= 1, k, cfg[k], "must be an integer >= 1")
     need(cfg.get("engine", "fast") in ("fast", "reference"), "engine", cfg.get("engine"), "use fast or reference")
@@ -140,14 +197,25 @@ def validate(cfg: dict) -> None:
     need(isinstance(cfg["seed"], int) and cfg["seed"] >= 0, "seed", cfg["seed"], "must be an integer >= 0")
     need(cfg.get("verbose") in (None, 0, 1, 2, 3), "verbose", cfg.get("verbose"),
          "use 0 (quiet), 1 (epoch lines), 2 (live bar on a terminal), 3 (the post's step lines) or null (auto)")
+    mem = cfg.get("memory_limit_mb")
+    need(mem is None or (isinstance(mem, int) and mem >= 1), "memory_limit_mb", mem, "must be an integer >= 1 or null")
     d = cfg["data"]
     for k in ("train_size", "test_size"):
         need(d[k] is None or (isinstance(d[k], int) and d[k] >= 1), f"data.{k}", d[k],
              "must be an integer >= 1, or null for the whole split")
     need(isinstance(d["val_size"], int) and d["val_size"] >= 0, "data.val_size", d["val_size"],
          "must be an integer >= 0")
-    need(_num(d["scale"]) and d["scale"] != 0, "data.scale", d["scale"], "must be a non-zero number")
+    need(_num(d["scale"]) and d["scale"] != 0, "data.scale", d["scale"], "must be a finite non-zero number")
+    need(_num(d["shift"]), "data.shift", d["shift"], "must be a finite number")
     m = cfg["model"]
     need(m["dtype"] in ("float32", "float64"), "model.dtype", m["dtype"], "use float32 or float64")
-    need(isinstance(cfg["optimizer"], dict) and "type" in cfg["optimizer"], "optimizer", cfg["optimizer"],
-         "must be a mapping with a 'type' key, e.g. optimizer=sgd")
+    check_optimizer(cfg["optimizer"])
+    check_tracking(cfg["tracking"])
+
+
+def validate(cfg: dict) -> None:
+    """``check_values``, then the model's memory estimate (before any weights exist)."""
+    from .estimate import check_memory
+
+    check_values(cfg)
+    check_memory(cfg)

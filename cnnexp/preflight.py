@@ -1,33 +1,23 @@
 """Check every job's config before Hydra starts any work, and turn Hydra/OmegaConf
 composition errors into one line that names the bad value and what would be valid.
 
-For a sweep (``-m lr=0.001,0.01 model=seed,lenet5``) every combination is composed and
-validated first, so a bad value in the last job stops the sweep before the first job runs;
+The config is composed with Hydra's own machinery for the same argv as ``hydra.main`` (every
+flag: ``-cd``, ``-cp``, ``-cn``, ``hydra.searchpath``...), before Hydra configures logging or
+instantiates anything, and goes through ``cnnexp.guard``. For a sweep, every job is checked
+(``cnnexp.sweepcheck``), so a bad value in the last job stops the sweep before the first runs;
 search ranges (``interval()``) are refused unless the configured sweeper is Optuna's.
 """
 
 from __future__ import annotations
 
-import itertools
+import argparse
+import os
 import re
-from typing import Iterable
+from contextlib import contextmanager
 
 from .errors import ConfigError, suggest
 
-MAX_COMBOS = 256
-PASSTHROUGH_FLAGS = {"-m", "--multirun"}
-
-
-def user_overrides(argv: Iterable[str]) -> list[str] | None:
-    """The overrides to check, or None when argv asks Hydra for something else (--help, --cfg ...)."""
-    out = []
-    for a in argv:
-        if a.startswith("-"):
-            if a in PASSTHROUGH_FLAGS:
-                continue
-            return None
-        out.append(a)
-    return out
+MAIN_MODULE = "cnnexp.cli"  # the module of the @hydra.main task function: Hydra's search path hangs on it
 
 
 def _known_keys(node) -> list[str]:
@@ -80,46 +70,6 @@ def explain(exc: BaseException, base_cfg=None) -> str:
     return "; ".join(first[:2]) if first else type(exc).__name__
 
 
-ALLOWED_TARGETS = ("cnnexp.", "hydra.", "hydra_plugins.", "optuna.samplers.")  # optuna: the sweeper's sampler
-
-
-def check_targets(node, where: str = "") -> None:
-    """No free ``_target_``: a config may only instantiate cnnexp's own classes and Hydra's
-    (launchers, sweepers). User code comes in through ``plugins=[module]`` and the registries."""
-    if isinstance(node, dict):
-        t = node.get("_target_")
-        if t is not None and not str(t).startswith(ALLOWED_TARGETS):
-            raise ConfigError(f"{where or 'config'}._target_={t!r} is not allowed: configs may only instantiate "
-                              f"{', '.join(a + '*' for a in ALLOWED_TARGETS)}; register your code via plugins=[module]")
-        for k, v in node.items():
-            check_targets(v, f"{where}.{k}" if where else str(k))
-    elif isinstance(node, list):
-        for i, v in enumerate(node):
-            check_targets(v, f"{where}.{i}")
-
-
-def _expand(overrides: list[str]) -> list[list[str]]:
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    parsed = OverridesParser.create().parse_overrides(overrides)
-    axes = []
-    for o in parsed:
-        if o.is_sweep_override():
-            try:
-                vals = list(o.sweep_string_iterator())
-            except Exception:  # interval() and other sweeps only a sweeper can expand
-                continue
-            axes.append([f"{o.get_key_element()}={v}" for v in vals])
-        else:
-            axes.append([o.input_line])
-    combos = []
-    for c in itertools.product(*axes):
-        combos.append(list(c))
-        if len(combos) >= MAX_COMBOS:
-            break
-    return combos
-
-
 MIN_FREE_MB = 50
 
 
@@ -161,46 +111,167 @@ def check_sweep_syntax(argv: list[str]) -> None:
 
     register_schemas()
     picks = [a for a in argv if a.startswith(("hydra/sweeper=", "experiment=", "hydra.sweeper._target_="))]
-    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-        target = str(compose(config_name="config", overrides=picks, return_hydra_config=True).hydra.sweeper._target_)
+    try:
+        with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+            target = str(compose(config_name="config", overrides=picks, return_hydra_config=True).hydra.sweeper._target_)
+    except Exception:  # noqa: BLE001  (a sweeper config only Hydra's own launch composes: leave it to Hydra)
+        return
     if "optuna" not in target.lower():
         raise ConfigError(f"{bad[0]}: interval() is a search range that only the Optuna sweeper samples; add "
                           f"hydra/sweeper=optuna_max (see conf/experiment/optuna_lr.yaml), or give values: "
                           f"{bad[0].split('=')[0]}=0.001,0.01,0.1")
 
 
-def check(argv: list[str], conf_dir: str) -> int:
-    """Compose and validate every job; returns the number of jobs checked. Raises ConfigError."""
-    overrides = user_overrides(argv)
-    if overrides is None:
-        return 0
-    from hydra import compose, initialize_config_dir
-    from hydra.errors import HydraException
+COMMANDS_WITHOUT_JOBS = ("cfg", "info", "shell_completion", "help", "hydra_help")
+
+
+def parse_args(argv: list[str]):
+    """Hydra's own command-line parser; None when Hydra would reject argv (it says why)."""
+    from hydra._internal.utils import get_args_parser
+
+    parser = get_args_parser()
+
+    def error(message):
+        raise ValueError(message)
+
+    parser.error = error  # type: ignore[method-assign]
+    if "--version" in argv:
+        return None
+    try:
+        return parser.parse_args(argv)
+    except (ValueError, argparse.ArgumentError):
+        return None
+
+
+@contextmanager
+def hydra_session(args, conf_dir: str):
+    """A Hydra instance with the config search path ``hydra.main`` builds for the same argv
+    (``--config-path``, ``--config-dir``; ``hydra.searchpath`` is applied while composing)."""
+    from hydra import version
+    from hydra._internal.hydra import Hydra
+    from hydra._internal.utils import create_automatic_config_search_path, detect_task_name
+    from hydra.core.config_search_path import SearchPathQuery
+    from hydra.core.global_hydra import GlobalHydra
+
+    version.setbase("1.3")
+    running = GlobalHydra.instance().hydra  # set when called from inside a running Hydra app
+    GlobalHydra.instance().clear()
+    config_path = args.config_path if args.config_path is not None else conf_dir
+    search_path = create_automatic_config_search_path(None, MAIN_MODULE, config_path)
+    if args.config_dir is not None:
+        folder = os.path.abspath(args.config_dir)
+        if not os.path.isdir(folder):
+            raise ConfigError(f"--config-dir {args.config_dir!r}: no such folder ({folder})")
+        search_path.prepend(provider="command-line", path=f"file://{folder}", anchor=SearchPathQuery(provider="schema"))
+    h = Hydra.create_main_hydra2(task_name=detect_task_name(None, MAIN_MODULE), config_search_path=search_path)
+    try:
+        yield h
+    finally:
+        GlobalHydra.instance().clear()
+        if running is not None:
+            GlobalHydra.instance().initialize(running)
+
+
+def task_config(cfg) -> dict:
+    """The resolved task part of a composed config (its ``hydra`` node removed)."""
     from omegaconf import OmegaConf, open_dict
+
+    job = cfg.copy()
+    with open_dict(job):
+        job.pop("hydra", None)
+    return OmegaConf.to_container(job, resolve=True)
+
+
+def light_check(plain: dict, model: bool) -> None:
+    """One swept value: the value checks, the optimizer, the data set name, and for model keys
+    the shape and memory estimate (no weights are allocated)."""
+    from .config import check_values
+    from .estimate import check_memory
+    from .optimizers import build_optimizer
+    from .registry import DATASETS
+
+    check_values(plain)
+    if model:
+        check_memory(plain)
+    build_optimizer(plain["optimizer"], plain["lr"])
+    DATASETS.get(plain["data"]["name"])
+
+
+def check(argv: list[str], conf_dir: str) -> int:
+    """Compose the config exactly as ``hydra.main`` will for ``argv`` (any flags), put it through
+    the guard (nothing foreign is called, logs stay in the run folder) and, when argv runs jobs,
+    validate every job. Returns the number of jobs checked (0 for --cfg, --help, ...)."""
+    from hydra.errors import HydraException
+    from hydra.types import RunMode
     from omegaconf.errors import OmegaConfBaseException
 
+    from . import cleanup, guard, sweepcheck
     from .app import prepare
+    from .config import register_schemas
+
+    register_schemas()
+    guard.refuse_rerun(argv)
+    args = parse_args(argv)
+    if args is None:
+        return 0
+    cleanup.at_start()
+    runs = not any(getattr(args, c) for c in COMMANDS_WITHOUT_JOBS)
+    config_name = args.config_name or "config"
+    with hydra_session(args, conf_dir) as h:
+        overrides = list(args.overrides)
+        mode = RunMode.MULTIRUN if args.multirun else (h.get_mode(config_name, overrides) if runs else None)
+        if mode is None:
+            mode = RunMode.RUN
+            overrides.append("hydra.mode=RUN")
+        elif args.multirun:
+            overrides.append("hydra.mode=MULTIRUN")
+        try:
+            cfg = h.compose_config(config_name, overrides, run_mode=mode)
+            guard.check_composed(cfg)
+            if not runs:
+                return 0
+            plain = task_config(cfg)
+        except (HydraException, OmegaConfBaseException) as e:
+            raise ConfigError(explain(e, _base(h, config_name))) from None
+        check_outputs(plain["paths"]["outputs"])
+        prepare(plain)
+        if mode != RunMode.MULTIRUN:
+            return 1
+        return sweepcheck.check(h, cfg, config_name, task_config, prepare, light_check,
+                                lambda e: explain(e, _base(h, config_name)))
+
+
+def _base(h, config_name: str):
+    from hydra.types import RunMode
 
     try:
-        combos = _expand(overrides)
-    except HydraException as e:
-        raise ConfigError(f"cannot parse overrides: {explain(e)}") from None
-    with initialize_config_dir(config_dir=conf_dir, version_base="1.3"):
-        base = compose(config_name="config")
-        for combo in combos:
-            try:
-                cfg = compose(config_name="config", overrides=combo, return_hydra_config=True)
-                check_targets(OmegaConf.to_container(cfg, resolve=False))
-                with open_dict(cfg):
-                    del cfg["hydra"]
-                plain = OmegaConf.to_container(cfg, resolve=True)
-            except (HydraException, OmegaConfBaseException) as e:
-                raise ConfigError(explain(e, base)) from None
-            if combo is combos[0]:
-                check_outputs(plain["paths"]["outputs"])
-            try:
-                prepare(plain)
-            except ConfigError as e:
-                job = f" (job: {' '.join(combo)})" if len(combos) > 1 else ""
-                raise ConfigError(f"{e}{job}") from None
-    return len(combos)
+        return h.compose_config(config_name, [], run_mode=RunMode.RUN)
+    except Exception:  # noqa: BLE001  (only for suggestions)
+        return None
+
+
+def check_job(dcfg) -> None:
+    """First thing inside the Hydra app, in every job (joblib workers included): the job's own
+    config, hydra node included, passes the guard, with log files inside the job's real run
+    folder; a sweep worker is recorded so that the next start can clean up after a killed sweep.
+    If the app was started without the entry point's check (``hydra_main`` called directly),
+    the first job runs that check on ``sys.argv`` (every job of a sweep) before doing anything."""
+    import sys
+
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    from . import cleanup, guard
+    from .errors import CnnexpError
+    from .paths import conf_dir
+
+    if cleanup.MAIN_ENV not in os.environ:  # started without cnnexp.cli.main: its check, now, once
+        try:
+            check(sys.argv[1:], str(conf_dir()))
+        except CnnexpError as e:  # stops the whole sweep, not just this job
+            print(f"cnnexp: error: {e}", file=sys.stderr, flush=True)
+            raise SystemExit(e.exit_code) from None
+    hc = HydraConfig.get()
+    guard.check_targets(OmegaConf.to_container(dcfg, resolve=False))
+    guard.check_hydra_node(hc, str(hc.runtime.output_dir))
+    cleanup.register_worker()

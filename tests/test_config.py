@@ -105,7 +105,7 @@ def test_float64_is_selectable():
     (["+foo=1"], "unknown config key 'foo'"),
     (["model.dtype=float16"], "use float32 or float64"),
     (["optimizer.momentum=0.9"], "momentum"),
-    (["optimizer=momentum", "optimizer.momentum=1.5"], "momentum must be"),
+    (["optimizer=momentum", "optimizer.momentum=1.5"], "optimizer.momentum=1.5 is invalid"),
     (["data.name=cifar"], "unknown dataset 'cifar'"),
     (["plugins=[no_such_module_xyz]"], "no_such_module_xyz"),
     (["-m", "lr=0.1,0.01,-1"], "(job: lr=-1)"),

@@ -102,6 +102,10 @@ def user_dir(dir: str | None) -> Path | None:
     if dir is None:
         return None
     folder = Path(dir).expanduser()
+    try:
+        folder.is_dir()
+    except OSError as e:  # a parent folder the user may not enter (PermissionError)
+        raise DataError(f"data.dir={dir!r}: cannot look at {folder.absolute()} ({e.strerror or e})") from None
     if not folder.exists():
         raise DataError(f"data.dir={dir!r}: no such folder ({folder.absolute()})")
     if not folder.is_dir():

@@ -43,59 +43,112 @@ def _describe(magic: int) -> str:
     return ""
 
 
-def read_bytes(path: str | os.PathLike) -> bytes:
-    """The file's content, decompressed when its name ends with ``.gz``."""
-    path = Path(path)
-    try:
-        if path.suffix == ".gz":
-            with gzip.open(path, "rb") as f:
-                return f.read()
-        return path.read_bytes()
-    except FileNotFoundError:
-        raise DataError(f"{path}: no such file") from None
-    except EOFError as e:
-        raise DataError(f"{path}: truncated gzip file ({e}); delete it and fetch it again") from None
-    except (gzip.BadGzipFile, zlib.error) as e:
-        raise DataError(f"{path}: corrupt gzip file ({e}); delete it and fetch it again") from None
-    except OSError as e:
-        raise DataError(f"{path}: cannot read ({e.strerror or e})") from None
+# deflate cannot expand data more than ~1032:1; a header promising more than that is a lie
+MAX_GZIP_RATIO = 1032
+CHUNK = 1 << 20
 
 
-def check_header(path: str | os.PathLike, data: bytes, kind: str) -> tuple[int, ...]:
-    """Check magic, dimensions and size of IDX ``data``; return its shape."""
+def _open(path: Path):
+    return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
+
+
+def _read_exact(f, n: int) -> bytes:
+    out = b""
+    while len(out) < n:
+        chunk = f.read(n - len(out))
+        if not chunk:
+            break
+        out += chunk
+    return out
+
+
+def _errors(path: Path, e: BaseException) -> DataError:
+    if isinstance(e, FileNotFoundError):
+        return DataError(f"{path}: no such file")
+    if isinstance(e, EOFError):
+        return DataError(f"{path}: truncated gzip file ({e}); delete it and fetch it again")
+    if isinstance(e, (gzip.BadGzipFile, zlib.error)):
+        return DataError(f"{path}: corrupt gzip file ({e}); delete it and fetch it again")
+    return DataError(f"{path}: cannot read ({getattr(e, 'strerror', None) or e})")
+
+
+def read_header(path: Path, f, kind: str) -> tuple[tuple[int, ...], bytes]:
+    """Read and check magic and dimensions from the open stream ``f``; return (shape, header)."""
     expected, what = KINDS[kind]
-    if len(data) < 4:
-        raise DataError(f"{path}: too short for an IDX file ({len(data)} bytes)")
-    (magic,) = struct.unpack(">I", data[:4])
+    head = _read_exact(f, 4)
+    if len(head) < 4:
+        raise DataError(f"{path}: too short for an IDX file ({len(head)} bytes)")
+    (magic,) = struct.unpack(">I", head)
     if magic != expected:
-        raise DataError(
-            f"{path}: wrong magic number 0x{magic:08x}{_describe(magic)}, "
-            f"expected 0x{expected:08x} ({what})"
-        )
-    ndim = data[3]
-    header = 4 + 4 * ndim
-    if len(data) < header:
-        raise DataError(f"{path}: truncated IDX header ({len(data)} bytes, need {header})")
-    shape = struct.unpack(f">{ndim}I", data[4:header])
+        raise DataError(f"{path}: wrong magic number 0x{magic:08x}{_describe(magic)}, expected 0x{expected:08x} ({what})")
+    ndim = head[3]
+    dims = _read_exact(f, 4 * ndim)
+    if len(dims) < 4 * ndim:
+        raise DataError(f"{path}: truncated IDX header ({4 + len(dims)} bytes, need {4 + 4 * ndim})")
+    shape = struct.unpack(f">{ndim}I", dims)
     if kind == "images" and (shape[1] == 0 or shape[2] == 0):
         raise DataError(f"{path}: images of size {shape[1]}x{shape[2]}")
-    items = int(np.prod(shape, dtype=np.int64))
-    found = len(data) - header
-    if found != items:
-        problem = "truncated" if found < items else "has trailing bytes"
+    return shape, head + dims
+
+
+def _mb(n: int) -> str:
+    return f"{n / 2**20:,.1f} MB"
+
+
+def check_promise(path: Path, shape: tuple[int, ...], header_len: int) -> int:
+    """The data size the header promises; DataError if the file cannot hold it or memory cannot."""
+    items = int(np.prod(shape, dtype=object))  # Python ints: no overflow
+    dims = " x ".join(map(str, shape))
+    size = path.stat().st_size
+    if path.suffix == ".gz" and items > size * MAX_GZIP_RATIO + CHUNK:
+        raise DataError(f"{path}: header says {dims} = {items:,} bytes of data, but a {_mb(size)} gzip file "
+                        f"can hold at most {_mb(size * MAX_GZIP_RATIO)} once decompressed; the file is damaged or forged")
+    if path.suffix != ".gz" and items != size - header_len:
+        problem = "truncated" if size - header_len < items else "has trailing bytes"
+        raise DataError(f"{path}: {problem}: header says {dims} = {items} bytes of data, file has {size - header_len}")
+    from ..estimate import memory_limit
+
+    limit, source = memory_limit()
+    if limit is not None and items > limit:
+        raise DataError(f"{path}: header says {dims} = {_mb(items)} of data, more than the {_mb(limit)} "
+                        f"memory limit ({source})")
+    return items
+
+
+def read_bytes(path: str | os.PathLike, kind: str) -> tuple[tuple[int, ...], bytes]:
+    """(shape, file content decompressed): header checked first, then at most the promised
+    size plus one byte is decompressed, so a forged header or a gzip bomb costs no memory."""
+    path = Path(path)
+    try:
+        with _open(path) as f:
+            shape, header = read_header(path, f, kind)
+            items = check_promise(path, shape, len(header))
+            buf = bytearray(len(header) + items)
+            buf[: len(header)] = header
+            view, got = memoryview(buf), len(header)
+            while got < len(buf):
+                n = f.readinto(view[got: got + CHUNK])
+                if not n:
+                    break
+                got += n
+            extra = len(f.read(1)) if got == len(buf) else 0
+    except DataError:
+        raise
+    except (OSError, EOFError, zlib.error) as e:
+        raise _errors(path, e) from None
+    if got != len(buf) or extra:
+        problem = "truncated" if got < len(buf) else "has trailing bytes"
         dims = " x ".join(map(str, shape))
-        raise DataError(
-            f"{path}: {problem}: header says {dims} = {items} bytes of data, file has {found}"
-        )
-    return shape
+        found = f"{got - len(header)}" if got < len(buf) else f"more than {items}"
+        raise DataError(f"{path}: {problem}: header says {dims} = {items} bytes of data, file has {found}")
+    return shape, bytes(buf)
 
 
 def read_idx(path: str | os.PathLike, kind: str) -> np.ndarray:
     """Read an IDX ``kind`` file ("images" or "labels"): uint8 ``(N, H, W)`` or ``(N,)``."""
     if kind not in KINDS:
         raise ValueError(f"kind must be 'images' or 'labels', got {kind!r}")
-    data = read_bytes(path)
-    shape = check_header(path, data, kind)
+    shape, data = read_bytes(path, kind)
     try:
         array = mnist.parse_idx(io.BytesIO(data))
     except mnist.IdxDecodeError as e:
@@ -138,13 +191,16 @@ def find_files(folder: str | os.PathLike, names=STANDARD_FILES) -> tuple[list[Pa
     """
     folder = Path(folder)
     found, missing = [], []
-    for name in names:
-        for candidate in (folder / name, folder / name.removesuffix(".gz")):
-            if candidate.is_file():
-                found.append(candidate)
-                break
-        else:
-            missing.append(name)
+    try:
+        for name in names:
+            for candidate in (folder / name, folder / name.removesuffix(".gz")):
+                if candidate.is_file():
+                    found.append(candidate)
+                    break
+            else:
+                missing.append(name)
+    except OSError as e:  # a folder the user may not read (PermissionError) or list
+        raise DataError(f"{folder}: cannot look inside ({e.strerror or e}); check the folder's permissions") from None
     return found, missing
 
 
