@@ -74,6 +74,9 @@ def help_text() -> str:
         "Where runs go:",
         f"  store    sqlite:///{outputs_dir() / 'mlflow.db'}  (tracking.uri= or $MLFLOW_TRACKING_URI to change)",
         f"  folders  {outputs_dir() / 'runs'}/<date>/<time>/ (checkpoints/, cnnexp.log)",
+        "  how      training appends to a journal; a background follower copies it into MLflow, so a run",
+        "           is complete a few seconds after the command returns. tracking.wait=true waits (exit 4",
+        "           if it could not be logged); `cnnexp sync` waits for, or logs again, any journal.",
         "",
         "More: cnnexp --hydra-help (Hydra's own flags), docs/workflow.md, README.md.",
     ])

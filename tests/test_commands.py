@@ -22,7 +22,8 @@ def test_help_names_groups_experiments_knobs_sweeps_and_where_runs_go(capsys):
     assert e.value.code == 0
     for needle in ("lr_scheduler  cosine, none, one_cycle, step, warmup", "keras_mnist", "optuna_lr", "verbose=0|1|2|3",
                    "resume=<run id | id prefix | checkpoint | run folder>", "cnnexp -m lr=0.001,0.005,0.01",
-                   "mlflow.db", "cnnexp predict", "cnnexp ui", "--hydra-help"):
+                   "mlflow.db", "cnnexp predict", "cnnexp ui", "--hydra-help", "tracking.wait=true waits",
+                   "cnnexp sync"):
         assert needle in text, needle
 
 

@@ -71,3 +71,13 @@ def test_every_readme_command_runs_as_written(tmp_path):
     p = subprocess.run([sys.executable, "-c", code], cwd=elsewhere, env=env, capture_output=True, text=True,
                        timeout=300)
     assert p.returncode == 0 and p.stdout.strip().endswith("(2, 10)"), p.stderr[-3000:]
+
+
+def test_readme_is_for_users_and_short():
+    text = README.read_text()
+    assert len(text) <= 12_000, f"README.md has {len(text):,} characters; keep it under 12,000 (details go to docs/)"
+    for section in ("## Quick start", "## See your results", "## Configs", "## Sweeps", "## Tracking",
+                    "## Reliability", "## Tests", "## Project tree"):
+        assert section in text, section
+    for doc in ("docs/architecture.md", "docs/tracking.md", "docs/performance.md", "docs/reliability.md"):
+        assert doc in text and (README.parent / doc).exists(), doc
