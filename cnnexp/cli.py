@@ -185,11 +185,11 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     from hydra_plugins.cnnexp_plugins import register
 
-    from . import commands, preflight
+    from . import preflight
     from .app import stop_on_signals
 
-    try:
-        argv = commands.dispatch(argv)  # subcommands (runs, predict, ui), --help, --version: they exit
+    try:  # cnnexp.commands.main has run the subcommands (runs, predict, ui), --help and --version
+        preflight.check_sweep_syntax(argv)
         register()  # cnnexp's sweeper and launchers (an editable install hides them from Hydra's scan)
         preflight.check(argv, CONF_DIR)
     except CnnexpError as e:

@@ -1,14 +1,12 @@
 """``cnnexp`` as one command: subcommands, ``--help`` for people, ``--version``, shell
-completion, and sweep syntax the configured sweeper cannot run. ``cnnexp.cli.main`` calls
-``dispatch`` first; what is left (``cnnexp train ...`` = ``python -m cnnexp ...``) goes to Hydra.
+completion. ``main`` calls ``dispatch`` first; what is left (``cnnexp train ...`` =
+``python -m cnnexp ...``) goes to ``cnnexp.cli.main`` and Hydra.
 """
 
 from __future__ import annotations
 
-import re
 import sys
 
-from .errors import ConfigError
 from .paths import conf_dir, outputs_dir
 
 SUBCOMMANDS = {
@@ -102,37 +100,10 @@ complete -o nospace -o default -F _cnnexp_complete cnnexp python python3
 """
 
 
-def check_sweep_syntax(argv: list[str]) -> None:
-    """``interval()`` is a search space only Optuna samples; the basic sweeper would fail with a
-    traceback after the sweep's parent run was created. Say so in one line, before anything runs."""
-    if not any(a in ("-m", "--multirun") for a in argv):
-        return
-    bad = [a for a in argv if re.search(r"=\s*(tag\(.*)?interval\(", a)]
-    if not bad:
-        return
-    from hydra import compose, initialize_config_dir
-
-    from .config import register_schemas
-
-    register_schemas()
-    picks = [a for a in argv if a.startswith(("hydra/sweeper=", "experiment=", "hydra.sweeper._target_="))]
-    try:
-        with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-            target = str(compose(config_name="config", overrides=picks, return_hydra_config=True).hydra.sweeper._target_)
-    except Exception:  # noqa: BLE001  (a sweeper config only Hydra's own launch composes: leave it to Hydra)
-        return
-    if "optuna" not in target.lower():
-        raise ConfigError(f"{bad[0]}: interval() is a search range that only the Optuna sweeper samples; add "
-                          f"hydra/sweeper=optuna_max (see conf/experiment/optuna_lr.yaml), or give values: "
-                          f"{bad[0].split('=')[0]}=0.001,0.01,0.1")
-
-
 def main(argv: list[str] | None = None) -> None:
     """The ``cnnexp`` script and ``python -m cnnexp``: subcommands, help and version without
     importing Hydra (``cnnexp runs`` answers in a fraction of a second); training via ``cli.main``."""
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] != ["train"]:
-        dispatch(argv, check=False)
+    argv = dispatch(sys.argv[1:] if argv is None else argv, check=False)
     from .cli import main as train_main
 
     train_main(argv)
@@ -161,6 +132,8 @@ def dispatch(argv: list[str], check: bool = True) -> list[str]:
         print(f"cnnexp {version()}")
         sys.exit(0)
     if check:
+        from .preflight import check_sweep_syntax
+
         check_sweep_syntax(argv)
     return argv
 

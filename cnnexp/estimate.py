@@ -69,7 +69,6 @@ def estimate(cfg: dict) -> list[tuple[int, str, tuple, int, int]] | None:
     """Per layer: (index, type, output shape, parameters, activation elements per image).
     Bad arguments or shapes raise ConfigError worded as the model builder words them; None
     when a layer type is not registered (yet: ``plugins`` are imported later)."""
-    from . import layers as _layers  # noqa: F401  (registers the built-in layers)
     from .layers.base import ShapeError
     from .registry import LAYERS
 

@@ -4,7 +4,8 @@ composition errors into one line that names the bad value and what would be vali
 The config is composed with Hydra's own machinery for the same argv as ``hydra.main`` (every
 flag: ``-cd``, ``-cp``, ``-cn``, ``hydra.searchpath``...), before Hydra configures logging or
 instantiates anything, and goes through ``cnnexp.guard``. For a sweep, every job is checked
-(``cnnexp.sweepcheck``), so a bad value in the last job stops the sweep before the first runs.
+(``cnnexp.sweepcheck``), so a bad value in the last job stops the sweep before the first runs;
+search ranges (``interval()``) are refused unless the configured sweeper is Optuna's.
 """
 
 from __future__ import annotations
@@ -95,6 +96,32 @@ def check_outputs(path) -> None:
                             f"free some space or point CNNEXP_OUTPUTS elsewhere")
 
 
+def check_sweep_syntax(argv: list[str]) -> None:
+    """``interval()`` is a search space only Optuna samples; the basic sweeper would fail with a
+    traceback after the sweep's parent run was created. Say so in one line, before anything runs."""
+    if not any(a in ("-m", "--multirun") for a in argv):
+        return
+    bad = [a for a in argv if re.search(r"=\s*(tag\(.*)?interval\(", a)]
+    if not bad:
+        return
+    from hydra import compose, initialize_config_dir
+
+    from .config import register_schemas
+    from .paths import conf_dir
+
+    register_schemas()
+    picks = [a for a in argv if a.startswith(("hydra/sweeper=", "experiment=", "hydra.sweeper._target_="))]
+    try:
+        with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+            target = str(compose(config_name="config", overrides=picks, return_hydra_config=True).hydra.sweeper._target_)
+    except Exception:  # noqa: BLE001  (a sweeper config only Hydra's own launch composes: leave it to Hydra)
+        return
+    if "optuna" not in target.lower():
+        raise ConfigError(f"{bad[0]}: interval() is a search range that only the Optuna sweeper samples; add "
+                          f"hydra/sweeper=optuna_max (see conf/experiment/optuna_lr.yaml), or give values: "
+                          f"{bad[0].split('=')[0]}=0.001,0.01,0.1")
+
+
 COMMANDS_WITHOUT_JOBS = ("cfg", "info", "shell_completion", "help", "hydra_help")
 
 
@@ -158,7 +185,6 @@ def task_config(cfg) -> dict:
 def light_check(plain: dict, model: bool) -> None:
     """One swept value: the value checks, the optimizer, the data set name, and for model keys
     the shape and memory estimate (no weights are allocated)."""
-    from . import data  # noqa: F401  (registers the data sets)
     from .config import check_values
     from .estimate import check_memory
     from .optimizers import build_optimizer

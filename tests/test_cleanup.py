@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from cnnexp import cleanup
+from helpers.cli import env_for
 
 SLEEPER = [sys.executable, "-c", "import time; time.sleep(600)"]
 
@@ -109,7 +110,7 @@ def alive(pid: int) -> bool:
 
 @pytest.mark.slow
 def test_killed_parallel_sweep_leaves_no_workers_after_the_next_start(tmp_path):
-    env = {**os.environ, "CNNEXP_OFFLINE": "1", "CNNEXP_OUTPUTS": str(tmp_path / "outputs")}
+    env = env_for(tmp_path / "outputs")
     main = subprocess.Popen([sys.executable, "-m", "cnnexp", "-m", "hydra/launcher=parallel", "seed=1,2",
                              "data=mnist_sample", "epochs=100", "tracking.enabled=false"],
                             env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

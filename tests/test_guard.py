@@ -20,6 +20,7 @@ from cnnexp import guard
 from cnnexp.errors import ConfigError
 from cnnexp.paths import conf_dir
 from cnnexp.preflight import check
+from helpers.cli import cli, env_for
 
 CONF = str(conf_dir())
 ROOT = Path(__file__).resolve().parent.parent
@@ -161,14 +162,11 @@ def hydra_path(request, tmp_path_factory):
     return dst
 
 
-def cli(args, tmp_path, pythonpath=None, timeout=300):
-    env = {**os.environ, "CNNEXP_OFFLINE": "1", "CNNEXP_OUTPUTS": str(tmp_path / "outputs")}
-    env.pop("HYDRA_FULL_ERROR", None)
-    if pythonpath:
-        env["PYTHONPATH"] = os.pathsep.join([str(pythonpath), env.get("PYTHONPATH", "")])
-    return subprocess.run([sys.executable, "-m", "cnnexp", *args, "tracking.enabled=false", "epochs=1",
-                           "data=mnist_sample", "data.train_size=20", "data.test_size=20"],
-                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=timeout)
+def tiny(args, tmp_path, pythonpath=None, timeout=300):
+    """A one-epoch, 20-image, untracked run through the shared CLI runner."""
+    extra = {"PYTHONPATH": os.pathsep.join([str(pythonpath), os.environ.get("PYTHONPATH", "")])} if pythonpath else {}
+    return cli([*args, "tracking.enabled=false", "epochs=1", "data=mnist_sample", "data.train_size=20",
+                "data.test_size=20"], tmp_path / "outputs", timeout=timeout, **extra)
 
 
 CALLBACK = "hydra:\n  callbacks:\n    evil:\n      _target_: {target}\n      _args_: ['touch {marker}']\n"
@@ -223,7 +221,7 @@ ROUTES = ["command line, prefix trick", "command line, launcher", "command line,
 @pytest.mark.parametrize("name", ROUTES)
 def test_injection_route_is_refused_and_runs_nothing(name, hydra_path, tmp_path):
     marker = tmp_path / "MARKER"
-    p = cli(route(name, tmp_path / "evil", marker), tmp_path, pythonpath=hydra_path)
+    p = tiny(route(name, tmp_path / "evil", marker), tmp_path, pythonpath=hydra_path)
     errors = [ln for ln in p.stderr.splitlines() if ln.startswith("cnnexp: error:")]
     assert p.returncode == 2 and len(errors) == 1 and "Traceback" not in p.stderr, p.stderr
     assert "not allowed" in errors[0], errors[0]
@@ -238,7 +236,7 @@ def test_the_log_file_route_is_real_without_the_entry_check(tmp_path):
     marker = tmp_path / "MARKER.log"
     code = ("import sys; from cnnexp import cli; sys.argv = ['x', 'hydra.job_logging.handlers.file.filename=%s', "
             "'tracking.enabled=false']; cli.hydra_main()" % marker)
-    env = {**os.environ, "CNNEXP_OFFLINE": "1", "CNNEXP_OUTPUTS": str(tmp_path / "outputs")}
+    env = env_for(tmp_path / "outputs")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path,
                        timeout=300)
     assert marker.exists()
@@ -259,7 +257,7 @@ def test_injection_tests_ran_both_hydra_versions(hydra_path):
 def test_a_sweep_started_past_the_entry_point_is_checked_whole_by_its_first_job(tmp_path):
     code = ("import sys; from cnnexp import cli; sys.argv = ['x', '-m', 'lr=0.01,-1', 'data=mnist_sample', "
             "'data.train_size=20', 'data.test_size=20', 'epochs=1', 'tracking.enabled=false']; cli.hydra_main()")
-    env = {**os.environ, "CNNEXP_OFFLINE": "1", "CNNEXP_OUTPUTS": str(tmp_path / "outputs")}
+    env = env_for(tmp_path / "outputs")
     env.pop("CNNEXP_MAIN_PROCESS", None)
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path,
                        timeout=300)

@@ -21,7 +21,8 @@ from cnnexp.errors import ConfigError, DataError
 from cnnexp.paths import conf_dir
 from cnnexp.preflight import check
 from cnnexp.train import TrainState
-from test_config import composed
+from helpers.cli import cli, env_for
+from helpers.experiments import composed
 
 CONF = str(conf_dir())
 
@@ -142,10 +143,8 @@ def test_checkpoint_mismatches_are_found_before_the_run(saved):
 @pytest.mark.slow
 def test_resume_mismatch_leaves_no_run(saved, tmp_path):
     _, _, path = saved
-    env = {**os.environ, "CNNEXP_OFFLINE": "1", "CNNEXP_OUTPUTS": str(tmp_path / "outputs")}
-    p = subprocess.run([sys.executable, "-m", "cnnexp", f"resume={path}", "optimizer=adam", "data=mnist_sample",
-                        "data.train_size=100", "data.test_size=50"], capture_output=True, text=True, env=env,
-                       cwd=tmp_path, timeout=300)
+    p = cli([f"resume={path}", "optimizer=adam", "data=mnist_sample", "data.train_size=100", "data.test_size=50"],
+            tmp_path / "outputs")
     errors = [ln for ln in p.stderr.splitlines() if ln.startswith("cnnexp: error:")]
     assert p.returncode == 2 and len(errors) == 1 and "optimizer 'sgd'" in errors[0], p.stderr
     assert "Traceback" not in p.stderr
@@ -156,8 +155,7 @@ def test_resume_mismatch_leaves_no_run(saved, tmp_path):
 def as_nobody(args, cwd: Path):
     if os.geteuid() != 0 or not shutil.which("setpriv"):
         pytest.skip("needs root and setpriv to run as another user")
-    env = {**os.environ, "CNNEXP_OFFLINE": "1", "CNNEXP_OUTPUTS": str(cwd / "outputs"), "HOME": str(cwd)}
-    env.pop("HYDRA_FULL_ERROR", None)
+    env = env_for(cwd / "outputs", HOME=str(cwd))
     return subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-m",
                            "cnnexp", *args, "tracking.enabled=false"], capture_output=True, text=True, env=env,
                           cwd=cwd, timeout=300)

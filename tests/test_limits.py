@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 import struct
 import subprocess
 import sys
@@ -21,6 +20,7 @@ from cnnexp.data.idx import STANDARD_FILES, read_idx, write_idx
 from cnnexp.errors import ConfigError, DataError
 from cnnexp.paths import conf_dir
 from cnnexp.preflight import check
+from helpers.cli import cli, env_for
 
 CONF = str(conf_dir())
 MAX_RSS_MB = 500
@@ -93,7 +93,7 @@ def child(code: str, tmp_path: Path) -> dict:
     """Run ``code`` in a fresh interpreter; it prints a JSON dict; ru_maxrss (MB) is added."""
     wrapper = (code + "\nimport resource, json as _j\n"
                "print(_j.dumps({**RESULT, 'maxrss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))")
-    env = {**os.environ, "CNNEXP_OFFLINE": "1", "CNNEXP_OUTPUTS": str(tmp_path / "outputs")}
+    env = env_for(tmp_path / "outputs")
     p = subprocess.run([sys.executable, "-c", wrapper], capture_output=True, text=True, env=env, cwd=tmp_path,
                        timeout=300)
     assert p.returncode == 0, p.stderr
@@ -166,11 +166,9 @@ def test_sweep_values_are_checked(argv, job, tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_refused_sweep_starts_no_job(tmp_path):
-    env = {**os.environ, "CNNEXP_OFFLINE": "1", "CNNEXP_OUTPUTS": str(tmp_path / "outputs")}
     argv = ["-m", "memory_limit_mb=20000", f"model.layers.0.filters={FILTERS}", f"eval_batch_size={EVAL_BATCH}",
             "tracking.enabled=false", "data=mnist_sample"]
-    p = subprocess.run([sys.executable, "-m", "cnnexp", *argv], capture_output=True, text=True, env=env,
-                       cwd=tmp_path, timeout=300)
+    p = cli(argv, tmp_path / "outputs")
     assert p.returncode == 2 and "eval_batch_size=5000" in p.stderr, p.stderr
     assert "Epoch" not in p.stdout and "Launching" not in p.stdout
     assert not (tmp_path / "outputs" / "multirun").exists()

@@ -1,4 +1,4 @@
-"""The vectorised seed network reproduces the seed post's loop code (tests/post_reference.py):
+"""The vectorised seed network reproduces the seed post's loop code (tests/helpers/post_reference.py):
 same forward outputs, same gradients, same SGD update.
 
 Weight mapping: the post's conv filters ``(F, 3, 3)`` are our ``W[kh, kw, 0, f]``; the post's

@@ -1,6 +1,6 @@
-"""numpy layers; importing this package registers them all."""
+"""numpy layers; importing this package registers them all (cnnexp.registry does, on first use of LAYERS)."""
 
-from . import activations, conv, dense, pool, softmax  # noqa: F401  (registration side effects)
+from . import activations, conv, dense, pool, softmax  # noqa: F401  (they register the layers)
 from .activations import Dropout, ReLU, Sigmoid, Tanh
 from .base import Layer, ShapeError
 from .conv import Conv2D

@@ -15,8 +15,6 @@ class Tracker:
 
     run_id: str | None = None
 
-    def log_params(self, params: dict[str, Any]) -> None: ...
-
     def set_tags(self, tags: dict[str, Any]) -> None: ...
 
     def log_dataset(self, dataset: dict[str, Any]) -> None:
@@ -46,7 +44,6 @@ class MemoryTracker(Tracker):
     """Keeps everything in memory; used by tests and benchmarks."""
 
     def __init__(self):
-        self.params: dict[str, Any] = {}
         self.tags: dict[str, Any] = {}
         self.metrics: dict[str, list[tuple[int, float]]] = {}
         self.artifacts: list[tuple[str, str | None]] = []
@@ -58,9 +55,6 @@ class MemoryTracker(Tracker):
 
     def log_dataset(self, dataset):
         self.dataset = dataset
-
-    def log_params(self, params):
-        self.params.update(params)
 
     def set_tags(self, tags):
         self.tags.update(tags)

@@ -201,9 +201,6 @@ class JournalTracker(Tracker):
         self._write(event)
         self.seconds += time.perf_counter() - t0
 
-    def log_params(self, params: dict[str, Any]) -> None:
-        self._timed({"event": "params", "params": params})
-
     def set_tags(self, tags: dict[str, Any]) -> None:
         self._timed({"event": "tags", "tags": {k: str(v) for k, v in tags.items() if v is not None}})
 
