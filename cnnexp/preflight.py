@@ -212,7 +212,7 @@ def check(argv: list[str], conf_dir: str) -> int:
     register_schemas()
     guard.refuse_rerun(argv)
     args = parse_args(argv)
-    if args is None:
+    if args is None or args.shell_completion:  # -sc query=...: Hydra answers; nothing is composed
         return 0
     cleanup.at_start()
     runs = not any(getattr(args, c) for c in COMMANDS_WITHOUT_JOBS)
