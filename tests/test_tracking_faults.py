@@ -199,5 +199,5 @@ def test_resume_and_runs_take_a_unique_run_id_prefix(tmp_path):
     q = cli([*TINY, "epochs=2", "tracking.log_model=false", "tracking.wait=true", f"resume={run_id[:8]}"], out)
     assert q.returncode == 0 and "Resuming from" in q.stdout, q.stderr[-2000:]
     q = cli([*TINY, "epochs=2", "tracking.enabled=false", "resume=ffffffff"], out)
-    assert q.returncode != 0 and "matches no run" in one_error_line(q)
+    assert q.returncode != 0 and "no run with id 'ffffffff'" in one_error_line(q)
     assert os.path.isdir(out)
