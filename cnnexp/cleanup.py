@@ -26,10 +26,13 @@ TMP_GLOBS = ("runs/*/*/checkpoints/.*.tmp", "multirun/*/*/*/checkpoints/.*.tmp")
 
 
 def start_time(pid: int) -> str | None:
-    """The process's start time in clock ticks since boot (/proc/<pid>/stat field 22), or None."""
+    """The process's start time in clock ticks since boot (/proc/<pid>/stat field 22), or None
+    when no such process is running (a zombie, which has exited and awaits its parent, counts as
+    gone: stopping it again would only wait for nothing)."""
     try:
         with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[19]
+            fields = f.read().rsplit(")", 1)[1].split()
+        return None if fields[0] in ("Z", "X") else fields[19]
     except (OSError, IndexError):
         return None
 
