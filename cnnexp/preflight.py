@@ -219,14 +219,18 @@ def check(argv: list[str], conf_dir: str) -> int:
     config_name = args.config_name or "config"
     with hydra_session(args, conf_dir) as h:
         overrides = list(args.overrides)
-        mode = RunMode.MULTIRUN if args.multirun else (h.get_mode(config_name, overrides) if runs else None)
+        cfg, failed = one_run(h, config_name, overrides) if runs and not args.multirun else (None, None)
+        mode = RunMode.MULTIRUN if args.multirun else RunMode.RUN if cfg is not None else \
+            (h.get_mode(config_name, overrides) if runs else None)
         if mode is None:
             mode = RunMode.RUN
             overrides.append("hydra.mode=RUN")
         elif args.multirun:
             overrides.append("hydra.mode=MULTIRUN")
         try:
-            cfg = h.compose_config(config_name, overrides, run_mode=mode)
+            if cfg is None and failed is not None and mode == RunMode.RUN:
+                raise failed  # composing it again, with hydra.mode=RUN, fails the same way
+            cfg = cfg if cfg is not None else h.compose_config(config_name, overrides, run_mode=mode)
             guard.check_composed(cfg)
             if not runs:
                 return 0
@@ -239,6 +243,24 @@ def check(argv: list[str], conf_dir: str) -> int:
             return 1
         return sweepcheck.check(h, cfg, config_name, task_config, prepare, light_check,
                                 lambda e: explain(e, _base(h, config_name)))
+
+
+def one_run(h, config_name: str, overrides: list[str]):
+    """``(config, None)`` for a single run, composed once (as ``get_mode`` then ``hydra.mode=RUN``
+    give it); ``(None, error)`` or, for a config asking for a sweep, ``(None, None)``."""
+    from hydra.errors import HydraException
+    from hydra.types import RunMode
+    from omegaconf import open_dict
+    from omegaconf.errors import OmegaConfBaseException
+    try:
+        cfg = h.compose_config(config_name, overrides, run_mode=RunMode.RUN)
+    except (HydraException, OmegaConfBaseException) as e:
+        return None, e
+    if cfg.hydra.mode not in (None, RunMode.RUN):
+        return None, None
+    with open_dict(cfg.hydra):
+        cfg.hydra.mode = RunMode.RUN
+    return cfg, None
 
 
 def _base(h, config_name: str):

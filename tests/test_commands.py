@@ -154,7 +154,8 @@ def test_ui_serves_the_configured_store_on_localhost(logged, tmp_path):
 
     port = free_port()
     cmd = [sys.executable, "-m", "cnnexp", "ui", "--port", str(port)]
-    with server(cmd, f"http://127.0.0.1:{port}/health", tmp_path / "ui.log", env=env_for(logged), timeout=180):
+    env = env_for(logged, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")  # no job runner: it only takes CPU here
+    with server(cmd, f"http://127.0.0.1:{port}/health", tmp_path / "ui.log", env=env, timeout=180):
         req = urllib.request.Request(f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/get-by-name"
                                      f"?experiment_name=cnnexp")
         with urllib.request.urlopen(req, timeout=30) as r:

@@ -40,7 +40,8 @@ def team_server(postgres, tmp_path_factory):
     cmd = [sys.executable, "-m", "cnnexp.server", "--db", postgres.url("mlflow"), "--artifacts",
            str(folder / "artifacts"), "--port", str(port), "--workers", "2", "--timeout", "600"]
     url = f"http://127.0.0.1:{port}"
-    with server(cmd, url + "/health", folder / "server.log", env=postgres.env(), timeout=600):
+    env = {**postgres.env(), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # no job runner: it only takes CPU here
+    with server(cmd, url + "/health", folder / "server.log", env=env, timeout=600):
         yield url, folder / "artifacts"
     log = (folder / "server.log").read_text()
     assert f"tracking.uri={url}" in log, log[-2000:]
