@@ -18,6 +18,7 @@ from .errors import ConfigError
 from .layers.base import Layer, ShapeError
 from .layers.softmax import Softmax
 from .engine import check_engine, make_engine, resolve_threads
+from .engine.feed import Prepared, batches
 from .registry import LAYERS
 
 DTYPES = ("float32", "float64")
@@ -167,10 +168,17 @@ class Model:
         """Forward + backward on raw images; fills ``grads``; returns the batch's summed loss
         and number of correct predictions."""
         self._check_loss()
-        images = np.asarray(images)
-        self.check_images(images)  # the engine may preprocess in parts
+        if type(images) is not Prepared:  # Prepared: a batch of ``batches``, checked there
+            images = np.asarray(images)
+            self.check_images(images)  # the engine may preprocess in parts
         _, _, loss_sum, correct = self.engine.train(images, np.asarray(labels), raw=True)
         return loss_sum, correct
+
+    def batches(self, images, labels, order, start: int, batch_size: int):
+        """``(position, inputs, labels)`` of the training batches ``order[p:p + batch_size]``
+        from ``start`` on, inputs for ``train_step`` (see ``cnnexp.engine.feed``)."""
+        self.check_images(images)
+        return batches(self.engine, images, np.asarray(labels, np.intp), order, start, batch_size)
 
     def loss_and_grads(self, x: np.ndarray, y: np.ndarray) -> tuple[float, dict[str, np.ndarray]]:
         """Mean cross-entropy of the batch ``x`` (raw images of an integer dtype, or already

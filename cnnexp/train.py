@@ -115,7 +115,7 @@ def _fit_epochs(model, optimizer, splits, epochs, batch_size, seed, log_every, e
             sums[k] for k in ("ep_loss", "ep_correct", "w_loss", "w_correct", "w_n", "w_steps", "next_log"))
         t0 = time.perf_counter() - sums["seconds"]
         epoch_lr = schedule(epoch, 0, steps_per_epoch, epochs) if scheduled else optimizer.lr
-        for start in range(first, n, batch_size):
+        for start, xb, yb in model.batches(images, labels, perm, first, batch_size):
             if stop[0]:
                 state.pos = start
                 state.partial = dict(ep_loss=ep_loss, ep_correct=ep_correct, w_loss=w_loss, w_correct=w_correct,
@@ -126,21 +126,20 @@ def _fit_epochs(model, optimizer, splits, epochs, batch_size, seed, log_every, e
                 raise StopRequested(f"stopped at epoch {epoch + 1}, image {start} of {n}")
             if scheduled:
                 optimizer.lr = schedule(epoch, start // batch_size, steps_per_epoch, epochs)
-            idx = perm[start:start + batch_size]
-            b_loss, b_correct = train_step(images[idx], labels[idx])
+            b_loss, b_correct = train_step(xb, yb)
             step(params, model.grads)
             state.step += 1
             if not isfinite(b_loss):
                 progress.clear()
                 raise TrainingError(
-                    f"loss became {b_loss} at epoch {epoch + 1}, step {state.step} (image {start + len(idx)} "
+                    f"loss became {b_loss} at epoch {epoch + 1}, step {state.step} (image {start + len(yb)} "
                     f"of {n}); the run diverged: try a smaller lr than lr={optimizer.lr:g}")
             ep_loss += b_loss
             ep_correct += b_correct
             w_loss += b_loss
             w_correct += b_correct
-            done = start + len(idx)
-            w_n += len(idx)
+            done = start + len(yb)
+            w_n += len(yb)
             w_steps += 1
             if live:
                 update(done, ep_loss, ep_correct, done)

@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from cnnexp.engine import FastEngine, ReferenceEngine, available_cores
+from cnnexp.engine import feed
 from cnnexp.engine.compile import group
 from cnnexp.errors import ConfigError
 from cnnexp.layers.base import Layer
@@ -167,6 +168,27 @@ def test_random_stacks_cover_the_options():
     assert {"relu", "tanh", "sigmoid", "maxpool2d", "avgpool2d", "dropout"} <= types
     assert any(l.get("stride") not in (None, l.get("pool")) for s in specs for l in s["layers"]
                if l["type"].endswith("pool2d"))  # an overlapping or gapped pool
+
+
+@pytest.mark.parametrize("seed", RANDOM[:4])
+def test_inputs_prepared_in_blocks_same_as_reference(seed, monkeypatch):
+    # blocks of 4 images: several per epoch, batches that straddle none, a short last block
+    monkeypatch.setattr(feed, "BLOCK_IMAGES", 4)
+    spec = random_stack(seed)
+    fast = make(spec, "fast")
+    assert fast.engine.block_images(2) == 4
+    compare_engines(spec, n=11, threads=(1,), batch_size=2)
+
+
+def test_dense_first_plan_prepares_preprocessed_images(monkeypatch):
+    monkeypatch.setattr(feed, "BLOCK_IMAGES", 3)
+    spec = {"input_shape": [5, 5, 1], "layers": [{"type": "flatten"}, {"type": "dense", "units": 6},
+                                                  {"type": "tanh"}, {"type": "dense", "units": 3},
+                                                  {"type": "softmax"}]}
+    x, _ = batch(spec, n=3)
+    data, rows, cols = make(spec, "fast").engine.prepare(x)
+    assert (rows, cols) == (1, False) and data.shape == (3, 5, 5, 1)
+    compare_engines(spec, n=10, threads=(1,), batch_size=1)
 
 
 def test_more_threads_than_cores_same_result_and_deterministic():

@@ -1,12 +1,16 @@
 """The conv stage: ``conv2d``, optionally followed by an activation and a pool, as one stage
 with its own buffers.
 
-Forward: pad into a kept zero-bordered buffer, unroll into a kept ``cols`` buffer (for one
-input channel a single ``np.take`` with a precomputed index, else one strided copy), one
-product into a kept output buffer, bias, activation and pooling in place. Backward: pooling
-and activation gradients into kept buffers, ``dW = cols.T @ dy`` (in row chunks: thin products
-slow down past a few thousand rows), ``db`` as a matrix-vector product, and ``dx`` as one
-batched product per kernel offset plus one shifted add of whole rows per offset.
+Forward: unroll the (padded) input into a kept ``cols`` buffer (for one input channel a single
+``np.take`` with a precomputed index, else one strided copy), one product into a kept output
+buffer, activation and pooling in place. When the model's flat buffers hold the bias right
+after the weights (parameters and gradients alike), ``cols`` ends in a column of ones and the
+weight matrix is read with the bias as its last row: the product adds the bias and the
+weight-gradient product yields its gradient, with no pass of their own.
+
+Backward: pooling and activation gradients into kept buffers, ``dW = cols.T @ dy`` (in row
+chunks: thin products slow down past a few thousand rows), and ``dx`` as one batched product
+per kernel offset plus one shifted add of whole rows per offset.
 """
 
 from __future__ import annotations
@@ -19,6 +23,9 @@ from .buffers import Buffers
 
 #: rows per chunk of the thin weight-gradient product
 CHUNK_ROWS = 8192
+#: below this many input channels, ``dx`` reorders a pool-blocked ``dy`` to plain (N, OH, OW)
+#: order first, so its shifted adds run over whole rows of ``OW * C`` values, not ``C``
+DEBLOCK_BELOW_C = 16
 
 
 def thin_matmul_tn(a: np.ndarray, b: np.ndarray, out: np.ndarray, chunk: int = CHUNK_ROWS) -> np.ndarray:
@@ -34,16 +41,34 @@ def thin_matmul_tn(a: np.ndarray, b: np.ndarray, out: np.ndarray, chunk: int = C
     return out
 
 
+def joined(w: np.ndarray, b) -> np.ndarray | None:
+    """``w`` (..., F) and the ``b`` (F,) stored right after it as one (K + 1, F) matrix view,
+    or None when they are not laid out that way."""
+    if b is None or not (w.flags.c_contiguous and b.flags.c_contiguous) or w.dtype != b.dtype:
+        return None
+    if b.ctypes.data != w.ctypes.data + w.nbytes or b.shape != w.shape[-1:]:
+        return None
+    f = b.shape[0]
+    return as_strided(w, (w.size // f + 1, f), (f * w.itemsize, w.itemsize))
+
+
 class ConvStage:
     def __init__(self, conv, grads: dict, act=None, pool=None, first: bool = False):
-        self.W, self.b = conv.params["W"], conv.params.get("b")
-        self.gW, self.gb = grads[f"{conv.name}.W"], grads.get(f"{conv.name}.b")
+        self.W = conv.params["W"]
         self.kh, self.kw, self.sh, self.sw = conv.kh, conv.kw, conv.sh, conv.sw
         h, w, self.c = conv.input_shape
         (self.pt, pb), (self.pl, pr) = conv.pads(h, w)
         self.hw, self.hpwp = (h, w), (h + self.pt + pb, w + self.pl + pr)
         self.padded = (self.pt, pb, self.pl, pr) != (0, 0, 0, 0)
         self.oh, self.ow, self.f = conv.output_shape
+        self.k = self.kh * self.kw * self.c
+        b, gW, gb = conv.params.get("b"), grads[f"{conv.name}.W"], grads.get(f"{conv.name}.b")
+        wb, gwb = joined(self.W, b), joined(gW, gb)
+        self.fold = wb is not None and gwb is not None  # the bias as a last row (see above)
+        self.Wm = wb if self.fold else self.W.reshape(self.k, self.f)
+        self.gWm = gwb if self.fold else gW.reshape(self.k, self.f)
+        self.b, self.gb = (None, None) if self.fold else (b, gb)
+        self.width = self.k + self.fold
         self.act, self.pool, self.first = act, pool, first
         # a pool tiling the conv output exactly reads it in blocks: rows of ``cols`` (and of the
         # output) are ordered (n, a, b, oh/ph, ow/pw), so window offset (a, b) of every pooling
@@ -67,31 +92,56 @@ class ConvStage:
                           (s0, s1 * sh, s2 * sw, s1 * sh * ph, s2 * sw * pw, s1, s2, s3), writeable=False)
 
     def _take_index(self):
-        """Flat per-image index into the padded input of every ``cols`` entry (one channel)."""
+        """Flat per-image index of every ``cols`` entry (one channel) into the padded input
+        flattened, followed by one cell holding 1 when the bias is folded."""
         hp, wp = self.hpwp
         probe = np.arange(hp * wp, dtype=np.intp).reshape(1, hp, wp, 1)
-        return np.ascontiguousarray(self._windows(probe)).reshape(-1)
+        idx = np.ascontiguousarray(self._windows(probe)).reshape(-1, self.k)
+        if self.fold:
+            idx = np.concatenate([idx, np.full((len(idx), 1), hp * wp, np.intp)], axis=1)
+        return idx.reshape(-1)
 
-    def _unroll(self, x):
+    def _as_windows(self, cols, shape):
+        """``cols[:, :K]`` as a writable array of the windows' ``shape`` (no copy)."""
+        it, lead = cols.itemsize, shape[:-3]
+        strides, acc = [], cols.strides[0]
+        for d in reversed(lead):
+            strides.append(acc)
+            acc *= d
+        return as_strided(cols, shape, strides[::-1] + [self.kw * self.c * it, self.c * it, it])
+
+    def _ones(self, a):
+        a[:, -1] = 1
+
+    def unroll(self, x):
+        """``cols`` (N*OH*OW, K [+ 1]) of NHWC ``x``, in a kept buffer."""
         n = len(x)
+        cols = self.bufs.get("cols", (n * self.oh * self.ow, self.width), x.dtype,
+                             fill=self._ones if self.fold else None)
+        h, w = self.hw
+        if self.idx is not None:
+            src = x.reshape(n, -1)
+            if self.padded or self.fold or not src.flags.c_contiguous:
+                hp, wp = self.hpwp
+                src = self.bufs.get("src", (n, hp * wp + 1), x.dtype, zero="new", fill=self._ones)
+                img = src[:, :hp * wp].reshape(n, hp, wp)
+                img[:, self.pt:self.pt + h, self.pl:self.pl + w] = x.reshape(n, h, w)
+            np.take(src, self.idx, axis=1, out=cols.reshape(n, -1), mode="clip")
+            return cols
         if self.padded:
-            h, w = self.hw
             xp = self.bufs.get("xp", (n,) + self.hpwp + (self.c,), x.dtype, zero="new")
             xp[:, self.pt:self.pt + h, self.pl:self.pl + w, :] = x
             x = xp
-        cols = self.bufs.get("cols", (n * self.oh * self.ow, self.kh * self.kw * self.c), x.dtype)
-        if self.idx is not None and x.flags.c_contiguous:
-            np.take(x.reshape(n, -1), self.idx, axis=1, out=cols.reshape(n, -1), mode="clip")
-        else:
-            v = self._windows(x)
-            np.copyto(cols.reshape(v.shape), v)
+        v = self._windows(x)
+        np.copyto(self._as_windows(cols, v.shape) if self.fold else cols.reshape(v.shape), v)
         return cols
 
-    def forward(self, x, training=False):
-        n = len(x)
-        self.cols = cols = self._unroll(x)
-        y = self.bufs.get("y", (n * self.oh * self.ow, self.f), x.dtype)
-        np.matmul(cols, self.W.reshape(-1, self.f), out=y)
+    def forward(self, x, training=False, cols=None):
+        """``cols``: this batch's rows of an unrolled input (``unroll`` of a larger block)."""
+        self.cols = cols = self.unroll(x) if cols is None else cols
+        n = len(cols) // (self.oh * self.ow)
+        y = self.bufs.get("y", (len(cols), self.f), cols.dtype)
+        np.matmul(cols, self.Wm, out=y)
         if self.b is not None:
             y += self.b
         y = y.reshape((n, self.oh, self.ow, self.f) if self.blocks is None else
@@ -108,29 +158,42 @@ class ConvStage:
         elif self.act is not None:
             dy = self.act.backward(dy, self.bufs.get("dact", dy.shape, dy.dtype))
         dy2 = np.ascontiguousarray(dy).reshape(-1, self.f)
-        thin_matmul_tn(self.cols, dy2, self.gW.reshape(-1, self.f))
+        thin_matmul_tn(self.cols, dy2, self.gWm)
         if self.gb is not None:
             np.matmul(np.ones(len(dy2), dy2.dtype), dy2, out=self.gb)
         return None if self.first else self._input_grad(dy2)
+
+    def _deblock(self, dy2):
+        """A pool-blocked ``dy2`` reordered to plain (N, OH, OW) rows, in a kept buffer."""
+        ph, pw = self.blocks
+        qh, qw = self.oh // ph, self.ow // pw
+        n = len(dy2) // (self.oh * self.ow)
+        out = self.bufs.get("dyplain", dy2.shape, dy2.dtype)
+        np.copyto(out.reshape(n, qh, ph, qw, pw, self.f),
+                  dy2.reshape(n, ph, pw, qh, qw, self.f).transpose(0, 3, 1, 4, 2, 5))
+        return out
 
     def _input_grad(self, dy2):
         """dL/dx: ``dy2 @ W[i, j].T`` for every kernel offset in one batched product, each
         added to its shifted window of the padded input (whole rows at a time)."""
         kk, c, n = self.kh * self.kw, self.c, len(dy2) // (self.oh * self.ow)
+        blocks = self.blocks
+        if blocks is not None and c < DEBLOCK_BELOW_C:
+            dy2, blocks = self._deblock(dy2), None
         wk = self.bufs.get("wk", (kk, self.f, c), dy2.dtype)
         np.copyto(wk.reshape(self.kh, self.kw, self.f, c), self.W.transpose(0, 1, 3, 2))
         t = self.bufs.get("t", (kk, len(dy2), c), dy2.dtype)
         np.matmul(dy2[None], wk, out=t)
         dxp = self.bufs.get("dxp", (n,) + self.hpwp + (c,), dy2.dtype, zero=True)
         sh, sw = self.sh, self.sw
-        if self.blocks is None:
+        if blocks is None:
             t = t.reshape(kk, n, self.oh, self.ow, c)
             oh, ow = self.oh, self.ow
             for i in range(self.kh):
                 for j in range(self.kw):
                     dxp[:, i:i + sh * oh:sh, j:j + sw * ow:sw, :] += t[i * self.kw + j]
         else:
-            ph, pw = self.blocks
+            ph, pw = blocks
             qh, qw = self.oh // ph, self.ow // pw
             t = t.reshape(kk, n, ph, pw, qh, qw, c)
             for a in range(ph):

@@ -21,6 +21,8 @@ import numpy as np
 
 from ..layers.activations import Dropout
 from .compile import build_stages, group, train_flops
+from .conv import ConvStage
+from .feed import Prepared, block_images
 from .loss import softmax_probs, softmax_xent
 from .threads import blas_threads, resolve_threads, run_parts, split_rows
 
@@ -33,6 +35,8 @@ class FastEngine:
     split_min_flops = 1e9
     #: images per chunk in inference (keeps temporaries near the core's cache)
     infer_chunk = 64
+    #: largest training batch whose inputs are prepared ahead in blocks (``feed.py``)
+    prepare_max_batch = 16
 
     def __init__(self, model, threads="auto"):
         self.model = model
@@ -45,6 +49,7 @@ class FastEngine:
         self.dropouts = [i for i, (kind, _) in enumerate(self.groups) if kind == "dropout"]
         self.workers: list[tuple[list, dict]] = []
         self.lock = threading.Lock()
+        self.prep = None  # the stage that unrolls prepared blocks (False: the plan has none)
 
     def _workers(self, k: int) -> list[tuple[list, dict]]:
         """The first ``k`` workers' ``(stages, grads)``; worker 0 writes the model's gradients."""
@@ -63,35 +68,69 @@ class FastEngine:
             return min(self.threads, n)
         return 1
 
+    # -- inputs prepared ahead at small batches (feed.py) -----------------------------------
+    def block_images(self, batch_size: int) -> int:
+        """Images per prepared block at this batch size (0: batches are not prepared ahead)."""
+        if batch_size > self.prepare_max_batch or self.parts(batch_size) > 1:
+            return 0
+        st = self._prep_stage()
+        per_image = st.oh * st.ow * st.width if st is not None else int(np.prod(self.model.input_shape))
+        return block_images(batch_size, per_image * self.model.dtype.itemsize)
+
+    def prepare(self, images):
+        """``(data, rows per image, is cols)`` for raw ``images``: preprocessed, and unrolled
+        when the plan starts with a conv stage (into that stage's kept buffer: one block at a
+        time)."""
+        x = self.model.preprocess(images)
+        st = self._prep_stage()
+        return (x, 1, False) if st is None else (st.unroll(x), st.oh * st.ow, True)
+
+    def _prep_stage(self):
+        if self.prep is None:
+            st = build_stages(self.groups[:1], self.model.new_grads())[0]
+            self.prep = st if isinstance(st, ConvStage) else False
+        return self.prep or None
+
     # -- training -------------------------------------------------------------------------
+    def _masks(self, n: int) -> dict:
+        masks = {}
+        for i in self.dropouts:
+            layer = self.groups[i][1][0]
+            if layer.rate:
+                masks[i] = layer.draw_mask((n,) + layer.input_shape, self.model.dtype)
+        return masks
+
     def train(self, x, labels, raw: bool = False):
         """``(losses, probs, loss_sum, correct)`` of a batch (raw images when ``raw``, which
-        each worker preprocesses itself); fills the model's gradients."""
+        each worker preprocesses itself, or a ``Prepared`` batch); fills the model's gradients."""
         n = len(x)
+        k = self.parts(n) if type(x) is not Prepared else 1
         with self.lock:
-            ranges = split_rows(n, self.parts(n))
+            if k == 1:  # the whole batch in this thread
+                w = self.workers[0] if self.workers else self._workers(1)[0]
+                r = self._train_part(w, x, labels, n, raw, self._masks(n) if self.dropouts else {}, 0, n)
+                return r[0], r[1], r[3], r[4]
+            ranges = split_rows(n, k)
             workers = self._workers(len(ranges))
-            masks = {}
-            for i in self.dropouts:
-                layer = self.groups[i][1][0]
-                if layer.rate:
-                    masks[i] = layer.draw_mask((n,) + layer.input_shape, self.model.dtype)
+            masks = self._masks(n)
             parts = [(w, x[lo:hi], labels[lo:hi], n, raw, masks, lo, hi) for w, (lo, hi) in zip(workers, ranges)]
             res = run_parts(self._train_part, parts)
-            if len(res) > 1:
-                self._sum_grads([g for _, g in workers])
-        if len(res) == 1:
-            return res[0][0], res[0][1], res[0][3], res[0][4]
+            self._sum_grads([g for _, g in workers])
         return (np.concatenate([r[0] for r in res]), np.concatenate([r[1] for r in res]),
                 sum(r[3] for r in res), sum(r[4] for r in res))
 
     def _train_part(self, worker, x, labels, denom, raw, masks, lo, hi):
         stages, _ = worker
-        if raw:
-            x = self.model.preprocess(x)
         for i, m in masks.items():
             stages[i].mask = m[lo:hi]
-        for st in stages:
+        if type(x) is Prepared:
+            x = stages[0].forward(None, True, x.data) if x.cols else stages[0].forward(x.data, True)
+            rest = stages[1:]
+        else:
+            rest = stages
+            if raw:
+                x = self.model.preprocess(x)
+        for st in rest:
             x = st.forward(x, True)
         out = softmax_xent(x, labels, denom)
         g = out[2]

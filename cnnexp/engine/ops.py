@@ -89,11 +89,16 @@ class PoolOp:
                 yield a[:, i:i + self.sh * qh:self.sh, j:j + self.sw * qw:self.sw, :]
 
     def forward(self, y):
-        out = self.bufs.get("out", (len(y),) + self.out_shape, y.dtype)
-        views = self._slices(y)
-        np.copyto(out, next(views))
-        for v in views:
-            (np.maximum if self.kind == "max" else np.add)(out, v, out=out)
+        n = len(y)
+        out = self.bufs.get("out", (n,) + self.out_shape, y.dtype)
+        ufunc = np.maximum if self.kind == "max" else np.add
+        if self.blocked:  # one reduction over the (PH*PW) blocks, the long axis innermost
+            ufunc.reduce(y.reshape(n, self.ph * self.pw, -1), axis=1, out=out.reshape(n, -1))
+        else:
+            views = self._slices(y)
+            np.copyto(out, next(views))
+            for v in views:
+                ufunc(out, v, out=out)
         if self.kind == "avg":
             out /= self.ph * self.pw  # mean = sum / count, as the layer's mean
         self.y, self.out = y, out
@@ -102,6 +107,8 @@ class PoolOp:
     def backward(self, dout):
         y = self.y
         dy = self.bufs.get("dy", y.shape, y.dtype, zero=not self.exact)
+        if self.blocked:
+            return self._blocked_backward(y, dy, dout)
         if self.kind == "avg":
             g = np.divide(dout, self.ph * self.pw, out=self.bufs.get("g", dout.shape, dout.dtype))
             for d in self._slices(dy):
@@ -118,4 +125,17 @@ class PoolOp:
                 np.multiply(m, dout, out=d)
             else:
                 d += np.multiply(m, dout, out=t)
+        return dy
+
+    def _blocked_backward(self, y, dy, dout):
+        """Backward over the (N, PH*PW, rest) block view: two whole-array passes."""
+        n, k = len(y), self.ph * self.pw
+        d3, g = dy.reshape(n, k, -1), dout.reshape(n, 1, -1)
+        if self.kind == "avg":
+            np.divide(g, k, out=d3[:, :1])
+            d3[:, 1:] = d3[:, :1]
+            return dy
+        m = self.bufs.get("m3", d3.shape, np.bool_)
+        np.equal(y.reshape(n, k, -1), self.out.reshape(n, 1, -1), out=m)
+        np.multiply(m, g, out=d3)
         return dy
