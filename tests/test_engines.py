@@ -286,3 +286,18 @@ def test_fast_engine_random_stacks_pass_finite_differences(seed):
     x, y = batch(spec, 4)
     check_model(m, m.preprocess(x), y, max_per_param=200)
 
+
+
+def test_buffers_reuse_rows_and_remake_on_growth():
+    from cnnexp.engine.buffers import Buffers
+
+    made = []
+    b = Buffers()
+    a = b.get("k", (4, 3), np.float32, fill=made.append)
+    a[...] = 5
+    short = b.get("k", (2, 3), np.float32, fill=made.append)
+    assert short.shape == (2, 3) and np.shares_memory(short, a) and len(made) == 1
+    assert np.all(b.get("k", (3, 3), np.float32, zero=True) == 0) and a[3, 0] == 5  # only the rows asked for
+    big = b.get("k", (6, 3), np.float32, fill=made.append)
+    assert big.shape == (6, 3) and not np.shares_memory(big, a) and len(made) == 2
+    assert b.get("k", (6, 4), np.float32).shape == (6, 4)

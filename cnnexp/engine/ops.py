@@ -35,10 +35,13 @@ class ActOp:
             np.maximum(y, 0, out=y)
         elif self.kind == "tanh":
             np.tanh(y, out=y)
-        else:  # sigmoid, split by sign so exp never overflows (as the layer)
-            e = np.exp(-np.abs(y))
-            pos = y >= 0
-            np.divide(np.where(pos, 1, e), 1 + e, out=y)
+        else:  # sigmoid as 1 / (1 + exp(-y)) in four in-place passes; exp(-y) overflows to
+            # inf only where the sigmoid rounds to 0 anyway, which is then what it gives
+            with np.errstate(over="ignore"):
+                np.negative(y, out=y)
+                np.exp(y, out=y)
+                np.add(y, 1, out=y)
+                np.divide(1, y, out=y)
         self.y = y
         return y
 
