@@ -47,7 +47,7 @@ def test_interrupted_checkpoint_write_leaves_no_temp_file(tmp_path, monkeypatch)
     from cnnexp import checkpoint
     from cnnexp.app import prepare
     from cnnexp.train import TrainState
-    from test_config import composed
+    from helpers.experiments import composed
 
     exp = prepare(composed())
 

@@ -107,7 +107,7 @@ def test_debug_flag_shows_the_traceback(tmp_path):
 def test_weights_with_wrong_shapes_name_the_layer(tmp_path):
     from cnnexp.errors import ConfigError
     from cnnexp.model import build_model
-    from test_config import composed
+    from helpers.experiments import composed
 
     cfg = composed()
     model = build_model(cfg["model"], seed=0)

@@ -74,7 +74,7 @@ def test_huge_layer_is_refused_naming_layer_and_size():
 
 def test_the_estimate_counts_what_the_model_allocates():
     from cnnexp.app import prepare
-    from test_config import composed
+    from helpers.experiments import composed
 
     cfg = composed(["model=lenet5"])
     rows = estimate.estimate(cfg)
