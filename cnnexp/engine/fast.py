@@ -87,7 +87,7 @@ class FastEngine:
 
     def _prep_stage(self):
         if self.prep is None:
-            st = build_stages(self.groups[:1], self.model.new_grads())[0]
+            st = build_stages(self.groups[:1], self.model.grads)[0]  # it only unrolls: no gradients
             self.prep = st if isinstance(st, ConvStage) else False
         return self.prep or None
 

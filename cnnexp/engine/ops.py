@@ -60,8 +60,9 @@ class ActOp:
 
 
 class PoolOp:
-    """Max or average pooling of NHWC arrays, one strided slice per window offset (an
-    element-wise maximum or sum of ``PH*PW`` views, never a reduction over a short axis)."""
+    """Max or average pooling of NHWC arrays: one strided slice per window offset (an
+    element-wise maximum or sum of ``PH*PW`` views, never a reduction over a short strided
+    axis), or, for input a conv stage lays out in blocks, one reduction over the block axis."""
 
     def __init__(self, layer, blocked: bool = False):
         self.kind = "max" if type(layer) is MaxPool2D else "avg"
@@ -81,11 +82,7 @@ class PoolOp:
         return type(layer) in (MaxPool2D, AvgPool2D)
 
     def _slices(self, a):
-        if self.blocked:
-            for i in range(self.ph):
-                for j in range(self.pw):
-                    yield a[:, i, j]
-            return
+        """The window offsets' strided views of an (N, H, W, C) array (not blocked input)."""
         qh, qw, _ = self.out_shape
         for i in range(self.ph):
             for j in range(self.pw):
