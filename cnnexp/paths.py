@@ -34,3 +34,13 @@ def outputs_dir() -> Path:
         return Path(env).expanduser().resolve()
     root = checkout_root()
     return (root / "outputs") if root is not None else (Path.cwd() / "outputs").resolve()
+
+
+def cache_root() -> Path:
+    """The per-user cache (downloaded data sets, MLflow's empty schema): ``$CNNEXP_CACHE``, else
+    ``$XDG_CACHE_HOME/cnnexp``, else ``~/.cache/cnnexp``."""
+    if os.environ.get("CNNEXP_CACHE"):
+        return Path(os.environ["CNNEXP_CACHE"]).expanduser()
+    if os.environ.get("XDG_CACHE_HOME"):
+        return Path(os.environ["XDG_CACHE_HOME"]).expanduser() / "cnnexp"
+    return Path.home() / ".cache" / "cnnexp"

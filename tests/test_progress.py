@@ -48,6 +48,9 @@ def test_lines_by_level_and_no_bar_off_a_terminal(verbose, lines):
 
 def test_bar_redraws_in_place_and_clears_before_lines(monkeypatch):
     monkeypatch.setattr("cnnexp.progress.REDRAW_SECONDS", 0.0)
+    # a known width: the bar shrinks to fit, and at 80 columns a fast machine's rate (tens of
+    # millions of img/s in this synthetic drive) leaves it no room
+    monkeypatch.setenv("COLUMNS", "160")
     tty, logged = Tty(), []
     p = Progress(2, lambda s: logged.append((s, tty.getvalue())), stream=tty)
     drive(p)

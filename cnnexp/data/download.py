@@ -23,6 +23,7 @@ import urllib.request
 from pathlib import Path
 
 from ..errors import DataError
+from ..paths import cache_root
 
 MIRRORS: dict[str, tuple[str, ...]] = {
     "mnist": (
@@ -65,14 +66,6 @@ class DownloadError(DataError):
 def offline() -> bool:
     """True when ``CNNEXP_OFFLINE`` is set to anything but empty, 0, false or no."""
     return os.environ.get("CNNEXP_OFFLINE", "").strip().lower() not in ("", "0", "false", "no")
-
-
-def cache_root() -> Path:
-    if os.environ.get("CNNEXP_CACHE"):
-        return Path(os.environ["CNNEXP_CACHE"]).expanduser()
-    if os.environ.get("XDG_CACHE_HOME"):
-        return Path(os.environ["XDG_CACHE_HOME"]).expanduser() / "cnnexp"
-    return Path.home() / ".cache" / "cnnexp"
 
 
 def cache_dir(dataset: str) -> Path:

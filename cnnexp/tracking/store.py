@@ -95,10 +95,10 @@ def ensure_store(uri: str) -> None:
     if db is not None:
         with file_lock(_lock_path(db)):
             if not db.exists() or db.stat().st_size == 0:
-                from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+                from .schema import create
 
                 logger.info(f"Creating the MLflow store {db}")
-                SqlAlchemyStore(uri, artifact_root().as_uri())
+                create(db, artifact_root().as_uri())
     elif is_http(uri):
         check_server(uri)
 
