@@ -170,6 +170,28 @@ def test_random_stacks_cover_the_options():
                if l["type"].endswith("pool2d"))  # an overlapping or gapped pool
 
 
+def _conv(filters, k=3, stride=1, padding="valid"):
+    return {"type": "conv2d", "filters": filters, "kernel_size": k, "stride": stride, "padding": padding}
+
+
+@pytest.mark.parametrize("pool,size,stride", [("maxpool2d", 3, 2), ("avgpool2d", 3, 2), ("maxpool2d", 2, 3),
+                                              ("maxpool2d", 3, 1)])
+def test_strided_pools_read_blocked_conv_output_as_the_reference_does(pool, size, stride):
+    # conv outputs whose sides are multiples of the pool stride are laid out in blocks (phases);
+    # the second conv's input gradient goes through both dx paths: reordered (3 channels) and
+    # blocked (16 channels); the first conv's output (10x10) is not a multiple of 3
+    for channels in (3, 16):
+        spec = {"input_shape": [12, 12, 2], "layers": [
+            _conv(channels, padding="valid"), {"type": "relu"}, {"type": pool, "pool": size, "stride": stride},
+            _conv(4, padding="same"), {"type": "tanh"}, {"type": pool, "pool": size, "stride": stride},
+            {"type": "flatten"}, {"type": "dense", "units": 3}, {"type": "softmax"}]}
+        stages = make(spec, "fast").engine._workers(1)[0][0]
+        first = (stride, stride) if 10 % stride == 0 and stride > 1 else None
+        second = {2: (2, 2), 3: (3, 3), 1: None}[stride]  # 4x4 (stride 2) or 3x3 (stride 3) after the pool
+        assert [stages[0].blocks, stages[1].blocks] == [first, second]
+        compare_engines(spec, n=5, threads=(1, 2), batch_size=2)
+
+
 @pytest.mark.parametrize("seed", RANDOM[:4])
 def test_inputs_prepared_in_blocks_same_as_reference(seed, monkeypatch):
     # blocks of 4 images: several per epoch, batches that straddle none, a short last block

@@ -23,7 +23,7 @@ from .buffers import Buffers
 
 #: rows per chunk of the thin weight-gradient product
 CHUNK_ROWS = 8192
-#: below this many input channels, ``dx`` reorders a pool-blocked ``dy`` to plain (N, OH, OW)
+#: below this many input channels, ``dx`` reorders a blocked ``dy`` to plain (N, OH, OW)
 #: order first, so its shifted adds run over whole rows of ``OW * C`` values, not ``C``
 DEBLOCK_BELOW_C = 16
 
@@ -70,10 +70,12 @@ class ConvStage:
         self.b, self.gb = (None, None) if self.fold else (b, gb)
         self.width = self.k + self.fold
         self.act, self.pool, self.first = act, pool, first
-        # a pool tiling the conv output exactly reads it in blocks: rows of ``cols`` (and of the
-        # output) are ordered (n, a, b, oh/ph, ow/pw), so window offset (a, b) of every pooling
-        # tile is one contiguous block and pooling is an element-wise max/sum of blocks
-        self.blocks = (pool.ph, pool.pw) if pool is not None and pool.exact else None
+        # a pool with strides (sh, sw) reads the conv output in blocks (phases): rows of ``cols``
+        # (and of the output) are ordered (n, a, b, oh/sh, ow/sw), output position
+        # (u * sh + a, v * sw + b) in block (a, b). A window offset of the pool is then a slice
+        # of one block whose rows are contiguous runs; for a pool tiling the output exactly
+        # it is a whole block, and pooling is an element-wise max/sum of blocks
+        self.blocks = pool.phases(self.oh, self.ow) if pool is not None else None
         if self.blocks:
             pool.blocked = True
         self.bufs = Buffers()
@@ -164,7 +166,7 @@ class ConvStage:
         return None if self.first else self._input_grad(dy2)
 
     def _deblock(self, dy2):
-        """A pool-blocked ``dy2`` reordered to plain (N, OH, OW) rows, in a kept buffer."""
+        """A blocked ``dy2`` reordered to plain (N, OH, OW) rows, in a kept buffer."""
         ph, pw = self.blocks
         qh, qw = self.oh // ph, self.ow // pw
         n = len(dy2) // (self.oh * self.ow)

@@ -60,14 +60,15 @@ class ActOp:
 
 
 class PoolOp:
-    """Max or average pooling of NHWC arrays: one strided slice per window offset (an
-    element-wise maximum or sum of ``PH*PW`` views, never a reduction over a short strided
-    axis), or, for input a conv stage lays out in blocks, one reduction over the block axis."""
+    """Max or average pooling of NHWC arrays: one view per window offset (an element-wise
+    maximum or sum of ``PH*PW`` views, never a reduction over a short strided axis). For input
+    a conv stage lays out in blocks (see ``phases``) each view is a slice of one block, made of
+    contiguous runs; for a pool tiling its input exactly it is a whole block, and pooling is
+    one reduction over the block axis."""
 
     def __init__(self, layer, blocked: bool = False):
         self.kind = "max" if type(layer) is MaxPool2D else "avg"
-        #: input laid out (N, PH, PW, QH, QW, C) by a conv stage: window offset (a, b) is the
-        #: contiguous block [:, a, b] (only for tiling pools, see ``exact``)
+        #: input laid out in blocks (N, SH, SW, H/SH, W/SW, C) by a conv stage (``phases``)
         self.blocked = blocked
         self.ph, self.pw, self.sh, self.sw = layer.ph, layer.pw, layer.sh, layer.sw
         self.in_shape, self.out_shape = layer.input_shape, layer.output_shape
@@ -81,18 +82,32 @@ class PoolOp:
     def accepts(layer) -> bool:
         return type(layer) in (MaxPool2D, AvgPool2D)
 
+    def phases(self, h: int, w: int) -> tuple[int, int] | None:
+        """The blocks ``(SH, SW)`` a conv stage should lay out its (h, w) output in for this
+        pool: input position (u * SH + a, v * SW + b) goes to block (a, b), row (u, v). None
+        when blocks do not pay (stride 1) or do not fit (h, w not multiples of the strides)."""
+        if (h, w) != self.in_shape[:2] or (self.sh, self.sw) == (1, 1) or h % self.sh or w % self.sw:
+            return None
+        return self.sh, self.sw
+
     def _slices(self, a):
-        """The window offsets' strided views of an (N, H, W, C) array (not blocked input)."""
+        """The window offsets' views: strided slices of an (N, H, W, C) array, or slices of
+        one block each of a blocked one."""
         qh, qw, _ = self.out_shape
+        sh, sw = self.sh, self.sw
         for i in range(self.ph):
             for j in range(self.pw):
-                yield a[:, i:i + self.sh * qh:self.sh, j:j + self.sw * qw:self.sw, :]
+                if self.blocked:
+                    u, v = i // sh, j // sw
+                    yield a[:, i % sh, j % sw, u:u + qh, v:v + qw, :]
+                else:
+                    yield a[:, i:i + sh * qh:sh, j:j + sw * qw:sw, :]
 
     def forward(self, y):
         n = len(y)
         out = self.bufs.get("out", (n,) + self.out_shape, y.dtype)
         ufunc = np.maximum if self.kind == "max" else np.add
-        if self.blocked:  # one reduction over the (PH*PW) blocks, the long axis innermost
+        if self.blocked and self.exact:  # one reduction over the (PH*PW) blocks, the long axis innermost
             ufunc.reduce(y.reshape(n, self.ph * self.pw, -1), axis=1, out=out.reshape(n, -1))
         else:
             views = self._slices(y)
@@ -107,7 +122,7 @@ class PoolOp:
     def backward(self, dout):
         y = self.y
         dy = self.bufs.get("dy", y.shape, y.dtype, zero=not self.exact)
-        if self.blocked:
+        if self.blocked and self.exact:
             return self._blocked_backward(y, dy, dout)
         if self.kind == "avg":
             g = np.divide(dout, self.ph * self.pw, out=self.bufs.get("g", dout.shape, dout.dtype))
