@@ -221,10 +221,17 @@ def tracking_cost(args: list[str], repeats: int) -> dict:
     return res
 
 
-def full_epoch() -> dict:
-    with tempfile.TemporaryDirectory() as tmp:
-        return run_cli(["model=seed", "data=fashion_mnist", "epochs=1", "data.train_size=null",
-                        "data.test_size=null"], tmp)
+def full_epoch(repeats: int) -> dict:
+    """The 60k-image epoch ``repeats`` times (each in a fresh store): the run with the median
+    training time, and every run's training seconds (one run varied by 30% on this machine)."""
+    runs = []
+    for _ in range(repeats):
+        with tempfile.TemporaryDirectory() as tmp:
+            runs.append(run_cli(["model=seed", "data=fashion_mnist", "epochs=1", "data.train_size=null",
+                                 "data.test_size=null"], tmp))
+    runs.sort(key=lambda r: r["train_s"])
+    return {**runs[len(runs) // 2], "repeats": len(runs), "train_s_all": [r["train_s"] for r in runs],
+            "peak_rss_mb": max(r["peak_rss_mb"] for r in runs)}
 
 
 def torch_full_epoch() -> dict:
@@ -391,7 +398,8 @@ def table(res: dict) -> str:
     if f:
         lines.append(f"- Full Fashion-MNIST, seed net, batch 1, 1 epoch (60k images, `python -m cnnexp`, tracking on): "
                      f"**{f['train_s']:.2f} s** of training (target < {EPOCH_TARGET_S:g} s: "
-                     f"{'met' if f['train_s'] < EPOCH_TARGET_S else 'MISSED'}; the epoch loop only), "
+                     f"{'met' if f['train_s'] < EPOCH_TARGET_S else 'MISSED'}; the epoch loop only; median of "
+                     f"{f.get('repeats', 1)} runs: {', '.join(f'{t:.2f}' for t in f.get('train_s_all', [f['train_s']]))} s), "
                      f"{f['wall_s']:.1f} s wall, peak RSS **{f['peak_rss_mb']:.0f} MB** (target < {EPOCH_RSS_MB} MB: "
                      f"{'met' if f['peak_rss_mb'] < EPOCH_RSS_MB else 'MISSED'}), test accuracy **{f['test_acc']}**.")
     tf = res.get("torch_full_epoch")
@@ -459,7 +467,7 @@ def main(argv=None) -> int:
                             for th, cl in TORCH_SETTINGS} for k in keys}
     if Path(FASHION).is_dir():
         log("full 60k epoch (cnnexp)")
-        res["full_epoch"] = full_epoch()
+        res["full_epoch"] = full_epoch(1 if a.quick else 3)
         if tv and not a.quick:
             log("full 60k epoch (PyTorch)")
             res["torch_full_epoch"] = torch_full_epoch()
