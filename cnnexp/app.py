@@ -50,9 +50,28 @@ def import_plugins(modules: list[str]) -> None:
             raise ConfigError(f"plugins: cannot import module {name!r} ({e}); is it on PYTHONPATH?") from None
 
 
-def prepare(cfg: dict) -> Experiment:
+_kept: dict[str, Experiment] = {}  # the experiment the entry point's check built, for its job
+
+
+def prepare(cfg: dict, keep: bool = False) -> Experiment:
     """Validate the config and build model and optimizer: every config error surfaces here,
-    before any data is read or any run is logged."""
+    before any data is read or any run is logged. ``keep``: hold the result for the next call
+    with the same config, which takes it (the entry point's check builds the job's experiment
+    once; the job uses it). Any other call drops what was held."""
+    import json
+
+    key = json.dumps(cfg, sort_keys=True, default=str)
+    held = _kept.pop(key, None)
+    _kept.clear()
+    if held is not None:
+        return held
+    exp = _prepare(cfg)
+    if keep:
+        _kept[key] = exp
+    return exp
+
+
+def _prepare(cfg: dict) -> Experiment:
     validate(cfg)
     import_plugins(cfg.get("plugins", []))
     d = cfg["data"]

@@ -238,7 +238,7 @@ def check(argv: list[str], conf_dir: str) -> int:
         except (HydraException, OmegaConfBaseException) as e:
             raise ConfigError(explain(e, _base(h, config_name))) from None
         check_outputs(plain["paths"]["outputs"])
-        prepare(plain)
+        prepare(plain, keep=mode != RunMode.MULTIRUN)  # a single run's job takes this one
         if mode != RunMode.MULTIRUN:
             return 1
         return sweepcheck.check(h, cfg, config_name, task_config, prepare, light_check,

@@ -142,3 +142,39 @@ def test_paths_is_a_visible_config_group(monkeypatch, tmp_path):
     monkeypatch.setenv("CNNEXP_OUTPUTS", str(tmp_path / "elsewhere"))
     assert composed()["paths"]["outputs"] == str(tmp_path / "elsewhere")
     assert composed(["paths.outputs=/data/runs"])["paths"]["outputs"] == "/data/runs"
+
+
+BUILDS = """
+import json, sys
+import cnnexp.app as app
+from cnnexp.cli import main
+built = []
+real = app._prepare
+app._prepare = lambda cfg: built.append(cfg["lr"]) or real(cfg)
+try:
+    main(sys.argv[1:])
+except SystemExit as e:
+    assert not e.code, e.code
+print("BUILT", json.dumps(built))
+"""
+
+
+@pytest.mark.parametrize("flags,lr,builds,jobs", [
+    ([], "0.02", [0.02], 1),  # the entry point's check builds it, the job takes it
+    # a sweep: the check builds the base config (swept values that change no layer are checked
+    # without a build), then each job builds its own
+    (["-m"], "0.01,0.02", [0.005, 0.01, 0.02], 2),
+])
+def test_a_single_run_builds_its_experiment_once(tmp_path, flags, lr, builds, jobs):
+    import json
+    import subprocess
+    import sys
+
+    from helpers.cli import TINY, env_for
+
+    args = [*flags, *TINY, f"lr={lr}", "tracking.enabled=false"]
+    p = subprocess.run([sys.executable, "-c", BUILDS, *args], capture_output=True, text=True,
+                       env=env_for(tmp_path / "out"), cwd=tmp_path, timeout=120)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert json.loads(p.stdout.split("BUILT ")[-1]) == builds
+    assert p.stdout.count("Test Accuracy:") == jobs  # every job trained
