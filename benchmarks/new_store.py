@@ -51,8 +51,8 @@ def main(argv=None) -> int:
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # the kept schema, made once
         res = {w: [] for w in WAYS}
         for r in range(args.rounds):
-            for w, code in WAYS.items():
-                res[w].append(one(code, Path(tmp) / f"{r}-{len(res[w])}-{hash(w) & 0xffff}.db", env))
+            for i, (w, code) in enumerate(WAYS.items()):
+                res[w].append(one(code, Path(tmp) / f"{r}-{i}.db", env))
     print(f"new SQLite store, fresh process each, {args.rounds} alternating rounds; load {os.getloadavg()[0]:.1f}")
     print(f"| {'way':28s} | wall median (s) | CPU median (s) |")
     print(f"|{'-' * 30}|-----------------|----------------|")

@@ -7,6 +7,7 @@ Knows the registries and the Tracker interface, not Hydra and not MLflow: the en
 from __future__ import annotations
 
 import importlib
+import json
 import logging
 import signal
 import threading
@@ -58,8 +59,6 @@ def prepare(cfg: dict, keep: bool = False) -> Experiment:
     before any data is read or any run is logged. ``keep``: hold the result for the next call
     with the same config, which takes it (the entry point's check builds the job's experiment
     once; the job uses it). Any other call drops what was held."""
-    import json
-
     key = json.dumps(cfg, sort_keys=True, default=str)
     held = _kept.pop(key, None)
     _kept.clear()

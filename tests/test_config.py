@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import itertools
+import json
+import subprocess
+import sys
 
 import pytest
 
 from cnnexp.app import prepare
 from cnnexp.errors import ConfigError
 from cnnexp.preflight import check
+from helpers.cli import TINY, env_for
 from helpers.experiments import CONF, composed
 
 
@@ -166,12 +170,6 @@ print("BUILT", json.dumps(built))
     (["-m"], "0.01,0.02", [0.005, 0.01, 0.02], 2),
 ])
 def test_a_single_run_builds_its_experiment_once(tmp_path, flags, lr, builds, jobs):
-    import json
-    import subprocess
-    import sys
-
-    from helpers.cli import TINY, env_for
-
     args = [*flags, *TINY, f"lr={lr}", "tracking.enabled=false"]
     p = subprocess.run([sys.executable, "-c", BUILDS, *args], capture_output=True, text=True,
                        env=env_for(tmp_path / "out"), cwd=tmp_path, timeout=120)

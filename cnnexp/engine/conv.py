@@ -75,7 +75,7 @@ class ConvStage:
         # (u * sh + a, v * sw + b) in block (a, b). A window offset of the pool is then a slice
         # of one block whose rows are contiguous runs; for a pool tiling the output exactly
         # it is a whole block, and pooling is an element-wise max/sum of blocks
-        self.blocks = pool.phases(self.oh, self.ow) if pool is not None else None
+        self.blocks = pool.phases() if pool is not None else None
         if self.blocks:
             pool.blocked = True
         self.bufs = Buffers()

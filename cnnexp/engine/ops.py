@@ -82,11 +82,12 @@ class PoolOp:
     def accepts(layer) -> bool:
         return type(layer) in (MaxPool2D, AvgPool2D)
 
-    def phases(self, h: int, w: int) -> tuple[int, int] | None:
-        """The blocks ``(SH, SW)`` a conv stage should lay out its (h, w) output in for this
-        pool: input position (u * SH + a, v * SW + b) goes to block (a, b), row (u, v). None
-        when blocks do not pay (stride 1) or do not fit (h, w not multiples of the strides)."""
-        if (h, w) != self.in_shape[:2] or (self.sh, self.sw) == (1, 1) or h % self.sh or w % self.sw:
+    def phases(self) -> tuple[int, int] | None:
+        """The blocks ``(SH, SW)`` a conv stage should lay out its output (this pool's input) in:
+        input position (u * SH + a, v * SW + b) goes to block (a, b), row (u, v). None when
+        blocks do not pay (stride 1) or do not fit (sides not multiples of the strides)."""
+        h, w, _ = self.in_shape
+        if (self.sh, self.sw) == (1, 1) or h % self.sh or w % self.sw:
             return None
         return self.sh, self.sw
 

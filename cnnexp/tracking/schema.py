@@ -21,6 +21,15 @@ from ..paths import cache_root
 logger = logging.getLogger(__name__)
 
 
+def dispose_engine(uri: str) -> None:
+    """Close and forget MLflow's cached SQLAlchemy engine for ``uri``, if it has one."""
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    engine = SqlAlchemyStore._engine_map.pop(uri, None)
+    if engine is not None:
+        engine.dispose()
+
+
 def _open(db: Path, artifact_root: str) -> None:
     """Open ``db`` as an MLflow store (migrating it when empty), then close its engine."""
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
@@ -29,9 +38,7 @@ def _open(db: Path, artifact_root: str) -> None:
     try:
         SqlAlchemyStore(uri, artifact_root)
     finally:
-        engine = SqlAlchemyStore._engine_map.pop(uri, None)
-        if engine is not None:
-            engine.dispose()
+        dispose_engine(uri)
 
 
 def template() -> Path:
@@ -58,22 +65,27 @@ def create(db: Path, artifact_root: str) -> None:
     artifact root of its Default experiment. Callers hold the store's lock."""
     tmp = db.with_name(f".{db.name}.{os.getpid()}.new")
     try:
-        try:
-            kept = template()
-        except Exception as e:  # noqa: BLE001  (an unwritable cache, a failed migration)
-            logger.debug(f"no kept MLflow schema ({e}); running the migrations")
-            kept = None
-        if kept is not None:
-            try:
-                shutil.copyfile(kept, tmp)
-                _open(tmp, artifact_root)
-            except Exception as e:  # noqa: BLE001  (a damaged copy, or one MLflow rejects)
-                logger.debug(f"the kept MLflow schema {kept} was not accepted ({e}); running the migrations")
-                kept.unlink(missing_ok=True)
-                tmp.unlink(missing_ok=True)
-                kept = None
-        if kept is None:
-            _open(tmp, artifact_root)
+        if not _from_template(tmp, artifact_root):
+            _open(tmp, artifact_root)  # MLflow's migrations
         os.replace(tmp, db)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _from_template(tmp: Path, artifact_root: str) -> bool:
+    """Make the store at ``tmp`` from the kept schema; False (nothing left at ``tmp``) when
+    there is none and none can be made, or MLflow rejects the copy (which is then deleted)."""
+    try:
+        kept = template()
+    except Exception as e:  # noqa: BLE001  (an unwritable cache, a failed migration)
+        logger.debug(f"no kept MLflow schema ({e}); running the migrations")
+        return False
+    try:
+        shutil.copyfile(kept, tmp)
+        _open(tmp, artifact_root)
+        return True
+    except Exception as e:  # noqa: BLE001  (a damaged copy, or one MLflow rejects)
+        logger.debug(f"the kept MLflow schema {kept} was not accepted ({e}); running the migrations")
+        kept.unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
+        return False

@@ -145,12 +145,11 @@ def precheck(uri: str) -> bool:
 
 def forget(uri: str) -> None:
     """Drop MLflow's cached engines and stores for ``uri`` (the SQLite file was replaced)."""
-    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
     from mlflow.tracking._tracking_service.utils import _tracking_store_registry
 
-    engine = SqlAlchemyStore._engine_map.pop(uri, None)
-    if engine is not None:
-        engine.dispose()
+    from .schema import dispose_engine
+
+    dispose_engine(uri)
     _tracking_store_registry._get_store_with_resolved_uri.cache_clear()
 
 
