@@ -10,12 +10,15 @@ rounding, and a given thread count always gives the same numbers. Inference runs
 computed once on the whole batch's logits in the calling thread.
 
 BLAS runs single-threaded inside ``compute()`` (``fit`` wraps its epochs in it; inference
-enters it itself): the workers are the parallelism.
+enters it itself): the workers are the parallelism. A training batch too small to split but
+with enough work (a few images through large convs) runs as one part with BLAS on ``threads``
+threads instead, so its products use every core.
 """
 
 from __future__ import annotations
 
 import threading
+from contextlib import contextmanager, nullcontext
 
 import numpy as np
 
@@ -31,8 +34,12 @@ class FastEngine:
     name = "fast"
     #: smallest batch split across threads in training (smaller ones lose to the hand-off) ...
     split_min_batch = 64
-    #: ... unless the batch's training work (``train_flops`` per image times images) reaches this
-    split_min_flops = 1e9
+    #: ... unless it has at least this many images and its training work (``train_flops`` per
+    #: image times images) reaches ``split_min_flops`` (benchmarks/NOTES.md: where splitting won)
+    split_min_images = 8
+    split_min_flops = 7e7
+    #: an unsplit training batch with this much work runs its products on multi-threaded BLAS
+    blas_min_flops = 5e7
     #: images per chunk in inference (keeps temporaries near the core's cache)
     infer_chunk = 64
     #: largest training batch whose inputs are prepared ahead in blocks (``feed.py``)
@@ -50,6 +57,7 @@ class FastEngine:
         self.workers: list[tuple[list, dict]] = []
         self.lock = threading.Lock()
         self.prep = None  # the stage that unrolls prepared blocks (False: the plan has none)
+        self.blas_many = False  # BLAS on ``threads`` threads (set by ``compute``)
 
     def _workers(self, k: int) -> list[tuple[list, dict]]:
         """The first ``k`` workers' ``(stages, grads)``; worker 0 writes the model's gradients."""
@@ -58,15 +66,28 @@ class FastEngine:
             self.workers.append((build_stages(self.groups, g), g))
         return self.workers[:k]
 
-    def compute(self):
-        return blas_threads(1)
+    @contextmanager
+    def compute(self, batch_size: int | None = None):
+        """BLAS threads for a stretch of calls: one (the workers are the parallelism), or
+        ``threads`` when training at ``batch_size`` runs unsplit with the work to use them
+        (set once for the stretch: changing it per step costs more than it gains)."""
+        many = batch_size is not None and self._blas_many(batch_size)
+        old, self.blas_many = self.blas_many, many
+        try:
+            with blas_threads(self.threads if many else 1):
+                yield
+        finally:
+            self.blas_many = old
 
     def parts(self, n: int) -> int:
         if self.threads <= 1 or n < 2 or not self.splittable:
             return 1
-        if n >= self.split_min_batch or n * self.flops >= self.split_min_flops:
+        if n >= self.split_min_batch or (n >= self.split_min_images and n * self.flops >= self.split_min_flops):
             return min(self.threads, n)
         return 1
+
+    def _blas_many(self, n: int) -> bool:
+        return self.threads > 1 and self.parts(n) == 1 and n * self.flops >= self.blas_min_flops
 
     # -- inputs prepared ahead at small batches (feed.py) -----------------------------------
     def block_images(self, batch_size: int) -> int:
@@ -114,7 +135,8 @@ class FastEngine:
             workers = self._workers(len(ranges))
             masks = self._masks(n)
             parts = [(w, x[lo:hi], labels[lo:hi], n, raw, masks, lo, hi) for w, (lo, hi) in zip(workers, ranges)]
-            res = run_parts(self._train_part, parts)
+            with blas_threads(1) if self.blas_many else nullcontext():  # a smaller last batch
+                res = run_parts(self._train_part, parts)
             self._sum_grads([g for _, g in workers])
         return (np.concatenate([r[0] for r in res]), np.concatenate([r[1] for r in res]),
                 sum(r[3] for r in res), sum(r[4] for r in res))
