@@ -19,6 +19,7 @@ from .layers.base import Layer, ShapeError
 from .layers.softmax import Softmax
 from .engine import check_engine, make_engine, resolve_threads
 from .engine.feed import Prepared, batches
+from .engine.procs import shared_empty
 from .registry import LAYERS
 
 DTYPES = ("float32", "float64")
@@ -83,7 +84,8 @@ class Model:
         flat_ok = all(isinstance(v, np.ndarray) and v.dtype == self.dtype for _, _, v in entries) and \
             len({id(v) for _, _, v in entries}) == len(entries)
         total = sum(v.size for _, _, v in entries)
-        pflat = np.empty(total, self.dtype) if flat_ok else None
+        # in shared memory: worker processes of the engine read the weights from there
+        pflat = shared_empty(total, self.dtype) if flat_ok else None
         gflat = np.zeros(total, self.dtype) if flat_ok else None
         slots, off = [], 0
         for l, k, v in entries:
@@ -105,11 +107,13 @@ class Model:
         params.flat, grads.flat = pflat, gflat
         return params, grads, slots
 
-    def new_grads(self) -> ParamDict:
-        """Zeroed gradient arrays keyed and laid out like ``grads`` (``flat`` included): an
-        engine worker's own gradients."""
+    def new_grads(self, alloc=np.empty) -> ParamDict:
+        """Zeroed gradient arrays keyed and laid out like ``grads`` (``flat`` included, made by
+        ``alloc(size, dtype)``): an engine worker's own gradients."""
         out, off = ParamDict(), 0
-        gflat = np.zeros(self._grads.flat.size, self.dtype) if self._grads.flat is not None else None
+        gflat = alloc(self._grads.flat.size, self.dtype) if self._grads.flat is not None else None
+        if gflat is not None:
+            gflat[...] = 0
         for k, p in self.params.items():
             out[k] = _view_like(gflat, off, p) if gflat is not None else np.zeros_like(p)
             off += p.size

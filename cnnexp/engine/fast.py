@@ -27,7 +27,8 @@ from .compile import build_stages, group, train_flops
 from .conv import ConvStage
 from .feed import Prepared, block_images
 from .loss import softmax_probs, softmax_xent
-from .threads import blas_threads, resolve_threads, run_parts, split_rows
+from . import procs
+from .threads import blas_threads, parallel_mode, resolve_threads, run_parts, split_rows
 
 
 class FastEngine:
@@ -58,6 +59,11 @@ class FastEngine:
         self.lock = threading.Lock()
         self.prep = None  # the stage that unrolls prepared blocks (False: the plan has none)
         self.blas_many = False  # BLAS on ``threads`` threads (set by ``compute``)
+        self.out_shape = body[-1].output_shape if body else model.input_shape
+        #: split training batches run their other parts in worker processes (procs.py), not threads
+        self.processes = parallel_mode() == "processes" and procs.available() and \
+            getattr(model.params, "flat", None) is not None and getattr(model.grads, "flat", None) is not None
+        self.procs = procs.Workers(self) if self.processes else None
 
     def _workers(self, k: int) -> list[tuple[list, dict]]:
         """The first ``k`` workers' ``(stages, grads)``; worker 0 writes the model's gradients."""
@@ -132,14 +138,30 @@ class FastEngine:
                 r = self._train_part(w, x, labels, n, raw, self._masks(n) if self.dropouts else {}, 0, n)
                 return r[0], r[1], r[3], r[4]
             ranges = split_rows(n, k)
-            workers = self._workers(len(ranges))
             masks = self._masks(n)
-            parts = [(w, x[lo:hi], labels[lo:hi], n, raw, masks, lo, hi) for w, (lo, hi) in zip(workers, ranges)]
             with blas_threads(1) if self.blas_many else nullcontext():  # a smaller last batch
-                res = run_parts(self._train_part, parts)
-            self._sum_grads([g for _, g in workers])
+                if self.processes and x.dtype.str in procs.DTYPES:
+                    res, grads = self._train_on_processes(x, labels, n, raw, masks, ranges)
+                else:
+                    workers = self._workers(len(ranges))
+                    parts = [(w, x[lo:hi], labels[lo:hi], n, raw, masks, lo, hi) for w, (lo, hi) in zip(workers, ranges)]
+                    res, grads = run_parts(self._train_part, parts), [g for _, g in workers]
+            self._sum_grads(grads)
         return (np.concatenate([r[0] for r in res]), np.concatenate([r[1] for r in res]),
                 sum(r[3] for r in res), sum(r[4] for r in res))
+
+    def _train_on_processes(self, x, labels, n, raw, masks, ranges):
+        w0 = self._workers(1)[0]
+        rows = max(hi - lo for lo, hi in ranges)
+        procs_ = self.procs.get(len(ranges) - 1, rows, rows * x[0].nbytes)
+        lo, hi = ranges[0]
+        try:
+            res = procs.run_on_workers(self, procs_, x, labels, n, raw, masks, ranges,
+                                       lambda: self._train_part(w0, x[lo:hi], labels[lo:hi], n, raw, masks, lo, hi))
+        except RuntimeError:
+            self.procs.stop()  # forked afresh next time
+            raise
+        return res, [w0[1]] + [p.arena.grads for p in procs_]
 
     def _train_part(self, worker, x, labels, denom, raw, masks, lo, hi):
         stages, _ = worker

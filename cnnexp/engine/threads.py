@@ -41,6 +41,18 @@ def resolve_threads(threads) -> int:
     return int(threads)
 
 
+PARALLEL_MODES = ("processes", "threads")
+
+
+def parallel_mode() -> str:
+    """How a split training batch runs its other parts: ``processes`` (forked workers, the
+    default where ``fork`` exists) or ``threads``; ``$CNNEXP_PARALLEL`` chooses."""
+    mode = os.environ.get("CNNEXP_PARALLEL", "processes").strip() or "processes"
+    if mode not in PARALLEL_MODES:
+        raise ConfigError(f"CNNEXP_PARALLEL={mode!r} is invalid: use one of {', '.join(PARALLEL_MODES)}")
+    return mode
+
+
 def pool(workers: int) -> ThreadPoolExecutor:
     """A process-wide pool with at least ``workers`` threads (grown, never shrunk)."""
     global _POOL, _POOL_SIZE
