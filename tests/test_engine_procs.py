@@ -75,6 +75,21 @@ class FailsOnTwoRows(Layer):
         return dy
 
 
+def test_inference_on_processes_gives_the_numbers_threads_give(monkeypatch):
+    x, y = data(23)
+    out = {}
+    for mode in ("threads", "processes"):
+        m = model(monkeypatch, mode)
+        m.engine.infer_chunk = 4  # six chunks over three parts
+        out[mode] = (m.predict_proba(x), m.evaluate(x, y))
+        if mode == "processes":
+            assert len(m.engine.procs.procs) == 2
+            assert m.engine.procs.procs[0].arena.train_rows == 0  # no training buffers for inference
+            m.engine.procs.stop()
+    np.testing.assert_array_equal(out["processes"][0], out["threads"][0])
+    assert out["processes"][1] == out["threads"][1]
+
+
 def test_a_worker_error_names_it_and_the_next_step_forks_afresh(monkeypatch):
     name = "fails_on_two_rows_test"
     LAYERS.register(name)(FailsOnTwoRows)

@@ -153,7 +153,7 @@ class FastEngine:
     def _train_on_processes(self, x, labels, n, raw, masks, ranges):
         w0 = self._workers(1)[0]
         rows = max(hi - lo for lo, hi in ranges)
-        procs_ = self.procs.get(len(ranges) - 1, rows, rows * x[0].nbytes)
+        procs_ = self.procs.get(len(ranges) - 1, rows, rows * x[0].nbytes, rows)
         lo, hi = ranges[0]
         try:
             res = procs.run_on_workers(self, procs_, x, labels, n, raw, masks, ranges,
@@ -208,9 +208,12 @@ class FastEngine:
         nchunks = -(-n // step)
         with self.lock, self.compute():
             ranges = split_rows(nchunks, min(self.threads, nchunks))
-            workers = self._workers(len(ranges))
-            run_parts(self._infer_part, [(w, images, logits, lo * step, min(hi * step, n), step)
-                                         for w, (lo, hi) in zip(workers, ranges)])
+            bounds = [(lo * step, min(hi * step, n)) for lo, hi in ranges]
+            if self.processes and len(ranges) > 1 and images.dtype.str in procs.DTYPES:
+                self._infer_on_processes(images, logits, bounds, step)
+            else:
+                workers = self._workers(len(ranges))
+                run_parts(self._infer_part, [(w, images, logits, a, b, step) for w, (a, b) in zip(workers, bounds)])
         if model.loss_layer is None:
             if out is not None:
                 out[...] = logits
@@ -224,6 +227,17 @@ class FastEngine:
         if out is not None:
             out[...] = p
         return loss_sum, correct
+
+    def _infer_on_processes(self, images, logits, bounds, step):
+        w0 = self._workers(1)[0]
+        rows = max(b - a for a, b in bounds)
+        procs_ = self.procs.get(len(bounds) - 1, rows, rows * images[0].nbytes)
+        try:
+            procs.infer_on_workers(procs_, images, logits, bounds, step,
+                                   lambda: self._infer_part(w0, images, logits, *bounds[0], step))
+        except RuntimeError:
+            self.procs.stop()
+            raise
 
     def _infer_part(self, worker, images, logits, lo, hi, step):
         stages, _ = worker

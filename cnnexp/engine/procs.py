@@ -43,32 +43,34 @@ SPIN_SECONDS = 0.002
 #: polling shared memory relies on x86's store order; elsewhere every wait is on the pipe
 SPIN = platform.machine().lower() in ("x86_64", "amd64")
 #: the control words of an arena: request number, answer number, images, denominator, raw,
-#: status (0 ok, 1 error), input dtype index, input rank, input shape (from CTL_SHAPE on)
-REQ, ANS, N, DENOM, RAW, STATUS, DTYPE, NDIM, CTL_SHAPE = range(9)
+#: status (0 ok, 1 error), input dtype index, input rank, kind (0 train, 1 infer; an infer
+#: request's DENOM is its chunk size), input shape (from CTL_SHAPE on)
+REQ, ANS, N, DENOM, RAW, STATUS, DTYPE, NDIM, KIND, CTL_SHAPE = range(10)
 DTYPES = ("|u1", "<f4", "<f8", "<i8", "<i4", "<u2", "<i2", "<f2")
 ERR_BYTES = 2048
 
 
 class Arena:
-    """A worker's shared buffers, sized for parts of up to ``rows`` images."""
+    """A worker's shared buffers, sized for parts of up to ``rows`` images (``x_bytes`` of
+    input), of which up to ``train_rows`` in training (labels, dropout masks, losses)."""
 
-    def __init__(self, engine, rows: int, x_bytes: int):
+    def __init__(self, engine, rows: int, x_bytes: int, train_rows: int):
         m = engine.model
-        self.rows, self.x_bytes = rows, x_bytes
+        self.rows, self.x_bytes, self.train_rows = rows, x_bytes, train_rows
         self.grads = m.new_grads(shared_empty)
         self.ctl = shared_empty(16, np.int64)
         self.ctl[...] = 0
         self.sums = shared_empty(2, np.float64)  # loss sum, correct count
         self.err = shared_empty(ERR_BYTES, np.uint8)
         self.x = shared_empty(rows * x_bytes, np.uint8)
-        self.labels = shared_empty(rows, np.intp)
-        self.masks = {i: shared_empty(rows * int(np.prod(engine.groups[i][1][0].input_shape)), m.dtype)
+        self.labels = shared_empty(train_rows, np.intp)
+        self.masks = {i: shared_empty(train_rows * int(np.prod(engine.groups[i][1][0].input_shape)), m.dtype)
                       for i in engine.dropouts}
         k = int(np.prod(engine.out_shape))
-        self.losses, self.probs = shared_empty(rows, m.dtype), shared_empty(rows * k, m.dtype)
+        self.losses, self.probs = shared_empty(train_rows, m.dtype), shared_empty(rows * k, m.dtype)
 
-    def fits(self, rows: int, x_bytes: int) -> bool:
-        return rows <= self.rows and x_bytes <= self.x_bytes
+    def size(self) -> tuple[int, int, int]:
+        return self.rows, self.x_bytes, self.train_rows
 
 
 def _wait(ctl, i: int, done, fd: int) -> bytes:
@@ -103,9 +105,11 @@ class Worker:
         os.close(ans_w)
         self.pid = pid
 
-    def send(self, n: int, denom: int, raw: bool, part: np.ndarray) -> None:
+    def send(self, n: int, denom: int, raw: bool, part: np.ndarray, kind: int = 0) -> None:
         c = self.arena.ctl
+        self.arena.x[:part.nbytes] = part.reshape(-1).view(np.uint8)
         c[N], c[DENOM], c[RAW], c[DTYPE], c[NDIM] = n, denom, raw, DTYPES.index(part.dtype.str), part.ndim - 1
+        c[KIND] = kind
         c[CTL_SHAPE:CTL_SHAPE + part.ndim - 1] = part.shape[1:]
         self.seq += 1
         c[REQ] = self.seq
@@ -163,7 +167,14 @@ def _serve(engine, arena: Arena, req: int, ans: int) -> None:
                 n, dtype, nd = int(c[N]), np.dtype(DTYPES[c[DTYPE]]), int(c[NDIM])
                 shape = (n,) + tuple(int(d) for d in c[CTL_SHAPE:CTL_SHAPE + nd])
                 x = arena.x[:int(np.prod(shape)) * dtype.itemsize].view(dtype).reshape(shape)
-                masks = {i: a[:len(a) // arena.rows * n].reshape((n,) + engine.groups[i][1][0].input_shape)
+                if c[KIND] == 1:
+                    logits = arena.probs[:n * int(np.prod(engine.out_shape))].reshape((n,) + tuple(engine.out_shape))
+                    engine._infer_part(worker, x, logits, 0, n, int(c[DENOM]))
+                    c[STATUS] = 0
+                    c[ANS] = seq
+                    os.write(ans, b"k")
+                    continue
+                masks = {i: a[:len(a) // arena.train_rows * n].reshape((n,) + engine.groups[i][1][0].input_shape)
                          for i, a in arena.masks.items()}
                 out = engine._train_part(worker, x, arena.labels[:n], int(c[DENOM]), bool(c[RAW]), masks, 0, n)
                 arena.losses[:n] = out[0]
@@ -188,14 +199,14 @@ class Workers:
         self.procs: list[Worker] = []
         self._finalizer = weakref.finalize(self, _stop_all, self.procs)
 
-    def get(self, k: int, rows: int, x_bytes: int) -> list[Worker]:
-        if len(self.procs) < k or any(not w.arena.fits(rows, x_bytes) for w in self.procs[:k]):
-            rows = max(rows, max((w.arena.rows for w in self.procs), default=0))
-            x_bytes = max(x_bytes, max((w.arena.x_bytes for w in self.procs), default=0))
+    def get(self, k: int, rows: int, x_bytes: int, train_rows: int = 0) -> list[Worker]:
+        need = (rows, x_bytes, train_rows)
+        if len(self.procs) < k or any(a < b for w in self.procs[:k] for a, b in zip(w.arena.size(), need)):
+            size = [max([v] + [w.arena.size()[i] for w in self.procs]) for i, v in enumerate(need)]
             _stop_all(self.procs)
             self.procs.clear()
             for _ in range(k):
-                self.procs.append(Worker(self.engine, Arena(self.engine, rows, x_bytes), list(self.procs)))
+                self.procs.append(Worker(self.engine, Arena(self.engine, *size), list(self.procs)))
         return self.procs[:k]
 
     def stop(self) -> None:
@@ -214,7 +225,6 @@ def run_on_workers(engine, workers: list[Worker], x, labels, denom, raw, masks, 
     sent = []
     for w, (lo, hi) in zip(workers, ranges[1:]):
         a, part, n = w.arena, np.ascontiguousarray(x[lo:hi]), hi - lo
-        a.x[:part.nbytes] = part.reshape(-1).view(np.uint8)
         a.labels[:n] = labels[lo:hi]
         for i, m in masks.items():
             a.masks[i][:m[lo:hi].size] = m[lo:hi].reshape(-1)
@@ -230,3 +240,18 @@ def run_on_workers(engine, workers: list[Worker], x, labels, denom, raw, masks, 
         n, k = hi - lo, res[0][1].shape[1]
         res.append((w.arena.losses[:n].copy(), w.arena.probs[:n * k].reshape(n, k).copy(), None, ans[0], ans[1]))
     return res
+
+
+def infer_on_workers(workers: list[Worker], images, logits, bounds, step: int, first) -> None:
+    """Logits of ``images[a:b]`` for the ``bounds[1:]`` on ``workers`` (chunks of ``step``),
+    of ``bounds[0]`` through ``first()`` here, into ``logits``."""
+    for w, (a, b) in zip(workers, bounds[1:]):
+        w.send(b - a, step, True, np.ascontiguousarray(images[a:b]), kind=1)
+    try:
+        first()
+    finally:
+        answers = [w.answer() for w in workers[:len(bounds) - 1]]
+    for w, (a, b), ans in zip(workers, bounds[1:], answers):
+        if ans[0] == "error":
+            raise RuntimeError(f"engine worker process failed: {ans[1]}")
+        logits[a:b] = w.arena.probs[:logits[a:b].size].reshape(logits[a:b].shape)
