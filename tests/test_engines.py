@@ -331,14 +331,21 @@ def blas_threads_now() -> int:
     return max(d["num_threads"] for d in threadpool_info() if d["user_api"] == "blas")
 
 
-def test_batches_with_the_work_use_every_core_by_split_or_by_blas():
-    """Which batches split across threads and which run whole on multi-threaded BLAS is a rule
-    on images and work (``train_flops``), fixed per batch size (so results are reproducible)."""
+@pytest.mark.parametrize("mode", ["processes", "threads"])
+def test_batches_with_the_work_use_every_core_by_split_or_by_blas(monkeypatch, mode):
+    """Which batches split across workers and which run whole on multi-threaded BLAS is a rule
+    on images and work (``train_flops``), fixed per batch size (so results are reproducible);
+    worker processes hand off for less than threads, so they split smaller batches."""
+    monkeypatch.setenv("CNNEXP_PARALLEL", mode)
     keras = build_model(preset(Path(__file__).parent.parent / "conf/model/keras_mnist.yaml"), threads=2).engine
     seed = build_model(preset(Path(__file__).parent.parent / "conf/model/seed.yaml"), threads=2).engine
-    assert [keras.parts(n) for n in (1, 4, 7, 8, 32)] == [1, 1, 1, 2, 2]  # >= 8 images and >= 7e7 FLOP
-    assert [seed.parts(n) for n in (8, 32, 63, 64)] == [1, 1, 1, 2]  # too little work below 64 images
-    with keras.compute(1):
+    if mode == "threads":
+        assert [keras.parts(n) for n in (1, 4, 7, 8, 32)] == [1, 1, 1, 2, 2]  # >= 8 images and >= 7e7 FLOP
+        assert [seed.parts(n) for n in (8, 32, 63, 64)] == [1, 1, 1, 2]  # too little work below 64 images
+    else:
+        assert [keras.parts(n) for n in (1, 2, 4)] == [1, 2, 2]  # >= 2 images and >= 1e7 FLOP
+        assert [seed.parts(n) for n in (8, 15, 16)] == [1, 1, 2]  # too little work below 16 images
+    with keras.compute(1):  # one image: too few to split
         assert keras.blas_many and blas_threads_now() == 2
         with keras.compute():  # an evaluation inside the epoch: BLAS single-threaded, then back
             assert not keras.blas_many and blas_threads_now() == 1

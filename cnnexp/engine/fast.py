@@ -39,6 +39,8 @@ class FastEngine:
     #: image times images) reaches ``split_min_flops`` (benchmarks/NOTES.md: where splitting won)
     split_min_images = 8
     split_min_flops = 7e7
+    #: the same three with worker processes, whose hand-off costs far less
+    SPLIT_WITH_PROCESSES = (16, 2, 1e7)
     #: an unsplit training batch with this much work runs its products on multi-threaded BLAS
     blas_min_flops = 5e7
     #: images per chunk in inference (keeps temporaries near the core's cache)
@@ -64,6 +66,8 @@ class FastEngine:
         self.processes = parallel_mode() == "processes" and procs.available() and \
             getattr(model.params, "flat", None) is not None and getattr(model.grads, "flat", None) is not None
         self.procs = procs.Workers(self) if self.processes else None
+        if self.processes:
+            self.split_min_batch, self.split_min_images, self.split_min_flops = self.SPLIT_WITH_PROCESSES
 
     def _workers(self, k: int) -> list[tuple[list, dict]]:
         """The first ``k`` workers' ``(stages, grads)``; worker 0 writes the model's gradients."""

@@ -8,7 +8,8 @@ its losses and probabilities. A step is one message each way on a pipe: the pare
 part into the arena and sends its shape; the worker runs the same ``_train_part`` a thread
 would (so results are the same numbers) and answers with its loss sum and correct count, or
 with the error it raised. A worker exits when its pipe closes (the parent ended or died) or
-the parent asks; it ignores SIGINT (the parent handles Ctrl-C) and dies with the parent.
+the parent asks; it ignores SIGINT, SIGTERM and SIGHUP (the parent decides how a run stops)
+and dies with the parent.
 """
 
 from __future__ import annotations
@@ -146,8 +147,11 @@ class Worker:
 
 
 def _serve(engine, arena: Arena, req: int, ans: int) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    for s in (signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2):
+    # the parent decides how a run stops (a signal to the process group, as scancel or Ctrl-C
+    # send, must not kill a worker mid-step); the worker ends with it
+    for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
+        signal.signal(s, signal.SIG_IGN)
+    for s in (signal.SIGUSR1, signal.SIGUSR2):
         signal.signal(s, signal.SIG_DFL)
     try:  # die with the parent (PR_SET_PDEATHSIG)
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)
