@@ -108,17 +108,38 @@ def test_a_worker_error_names_it_and_the_next_step_forks_afresh(monkeypatch):
         LAYERS.unregister(name)
 
 
-def test_a_killed_worker_is_a_clear_error_then_replaced(monkeypatch):
-    m = model(monkeypatch, "processes")
+def test_a_killed_worker_is_replaced_and_the_step_made_again(monkeypatch):
     x, y = data()
+    undisturbed = model(monkeypatch, "processes")
+    with undisturbed.compute():
+        undisturbed.engine.train(x, y, raw=True)
+        expected = undisturbed.engine.train(x, y, raw=True)
+    m = model(monkeypatch, "processes")
     with m.compute():
         m.engine.train(x, y, raw=True)
         victim = m.engine.procs.procs[1].pid
         os.kill(victim, signal.SIGKILL)
-        with pytest.raises(RuntimeError, match=f"engine worker process {victim} exited"):
-            m.engine.train(x, y, raw=True)
-        m.engine.train(x, y, raw=True)
+        again = m.engine.train(x, y, raw=True)
         assert victim not in [w.pid for w in m.engine.procs.procs]
+    np.testing.assert_array_equal(again[0], expected[0])
+    np.testing.assert_array_equal(m.grads.flat, undisturbed.grads.flat)
+    for e in (m.engine, undisturbed.engine):
+        e.procs.stop()
+
+
+def test_a_worker_dying_twice_in_one_step_is_a_clear_error(monkeypatch):
+    m = model(monkeypatch, "processes")
+    x, y = data()
+    send = procs.Worker.send
+
+    def send_then_die(self, *a, **k):
+        send(self, *a, **k)
+        os.kill(self.pid, signal.SIGKILL)
+    monkeypatch.setattr(procs.Worker, "send", send_then_die)
+    with m.compute(), pytest.raises(procs.WorkerExited, match=r"engine worker process \d+ exited"):
+        m.engine.train(x, y, raw=True)
+    monkeypatch.setattr(procs.Worker, "send", send)
+    m.engine.train(x, y, raw=True)  # forked afresh
     m.engine.procs.stop()
 
 

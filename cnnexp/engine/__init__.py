@@ -4,7 +4,8 @@
   truth every test compares against.
 * ``fast`` (``fast.py``): a plan compiled from the layer list (``compile.py``) into stages
   with their own buffers (``conv.py``, ``stages.py``, ``ops.py``), run data-parallel over the
-  process's cores (``threads.py``).
+  process's cores (``threads.py``; the other parts of a split batch in forked worker
+  processes, ``procs.py``).
 
 ``Model`` owns one (``Model.engine``), chosen by ``engine: reference | fast`` in the config.
 Only this package reads or writes a layer's private state; the stages read a layer's public

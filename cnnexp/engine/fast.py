@@ -154,18 +154,30 @@ class FastEngine:
         return (np.concatenate([r[0] for r in res]), np.concatenate([r[1] for r in res]),
                 sum(r[3] for r in res), sum(r[4] for r in res))
 
+    def _on_processes(self, k: int, size: tuple, run):
+        """``run(workers)`` on ``k`` worker processes with arenas of ``size``; a worker that
+        died is replaced and the call made once more (its inputs are all still here)."""
+        for attempt in (0, 1):
+            try:
+                return run(self.procs.get(k, *size))
+            except procs.WorkerExited:
+                self.procs.stop()
+                if attempt:
+                    raise
+            except RuntimeError:
+                self.procs.stop()  # forked afresh next time
+                raise
+
     def _train_on_processes(self, x, labels, n, raw, masks, ranges):
         w0 = self._workers(1)[0]
         rows = max(hi - lo for lo, hi in ranges)
-        procs_ = self.procs.get(len(ranges) - 1, rows, rows * x[0].nbytes, rows)
         lo, hi = ranges[0]
-        try:
-            res = procs.run_on_workers(self, procs_, x, labels, n, raw, masks, ranges,
+
+        def run(ws):
+            res = procs.run_on_workers(self, ws, x, labels, n, raw, masks, ranges,
                                        lambda: self._train_part(w0, x[lo:hi], labels[lo:hi], n, raw, masks, lo, hi))
-        except RuntimeError:
-            self.procs.stop()  # forked afresh next time
-            raise
-        return res, [w0[1]] + [p.arena.grads for p in procs_]
+            return res, [w0[1]] + [p.arena.grads for p in ws]
+        return self._on_processes(len(ranges) - 1, (rows, rows * x[0].nbytes, rows), run)
 
     def _train_part(self, worker, x, labels, denom, raw, masks, lo, hi):
         stages, _ = worker
@@ -235,13 +247,8 @@ class FastEngine:
     def _infer_on_processes(self, images, logits, bounds, step):
         w0 = self._workers(1)[0]
         rows = max(b - a for a, b in bounds)
-        procs_ = self.procs.get(len(bounds) - 1, rows, rows * images[0].nbytes)
-        try:
-            procs.infer_on_workers(procs_, images, logits, bounds, step,
-                                   lambda: self._infer_part(w0, images, logits, *bounds[0], step))
-        except RuntimeError:
-            self.procs.stop()
-            raise
+        self._on_processes(len(bounds) - 1, (rows, rows * images[0].nbytes, 0), lambda ws: procs.infer_on_workers(
+            ws, images, logits, bounds, step, lambda: self._infer_part(w0, images, logits, *bounds[0], step)))
 
     def _infer_part(self, worker, images, logits, lo, hi, step):
         stages, _ = worker

@@ -19,11 +19,16 @@ import mmap
 import os
 import platform
 import signal
+import threading
 import time
 import warnings
 import weakref
 
 import numpy as np
+
+
+class WorkerExited(RuntimeError):
+    """A worker process died (killed from outside): the engine forks afresh and retries once."""
 
 
 def shared_empty(size: int, dtype) -> np.ndarray:
@@ -97,7 +102,7 @@ class Worker:
             try:
                 for fd in [self.req_w, self.ans_r] + [f for w in others for f in (w.req_w, w.ans_r)]:
                     os.close(fd)  # so a pipe ends when its parent side does
-                _serve(engine, arena, req_r, ans_w)
+                _serve(engine, arena, req_r, ans_w, threading.current_thread() is threading.main_thread())
             except BaseException:  # noqa: BLE001  (nothing of the parent's may run here)
                 code = 1
             finally:
@@ -125,7 +130,7 @@ class Worker:
             except OSError:
                 got = b""
             if not got:
-                return "error", f"engine worker process {self.pid} exited"
+                return "exited", f"engine worker process {self.pid} exited"
             if c[ANS] == seq:
                 break
         if c[STATUS]:
@@ -146,17 +151,18 @@ class Worker:
             pass
 
 
-def _serve(engine, arena: Arena, req: int, ans: int) -> None:
+def _serve(engine, arena: Arena, req: int, ans: int, main_thread: bool) -> None:
     # the parent decides how a run stops (a signal to the process group, as scancel or Ctrl-C
     # send, must not kill a worker mid-step); the worker ends with it
     for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
         signal.signal(s, signal.SIG_IGN)
     for s in (signal.SIGUSR1, signal.SIGUSR2):
         signal.signal(s, signal.SIG_DFL)
-    try:  # die with the parent (PR_SET_PDEATHSIG)
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)
-    except Exception:  # noqa: BLE001  (the closed pipe still ends the loop)
-        pass
+    if main_thread:  # die with the parent (PR_SET_PDEATHSIG fires when the forking *thread*
+        try:         # ends, so only for the main thread; otherwise the closed pipe ends the loop)
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)
+        except Exception:  # noqa: BLE001
+            pass
     from .compile import build_stages
     from .threads import blas_threads
 
@@ -223,6 +229,15 @@ def _stop_all(procs: list) -> None:
         w.stop()
 
 
+def _check(answers: list) -> None:
+    for ans in answers:
+        if ans[0] == "error":
+            raise RuntimeError(f"engine worker process failed: {ans[1]}")
+    for ans in answers:
+        if ans[0] == "exited":
+            raise WorkerExited(ans[1])
+
+
 def run_on_workers(engine, workers: list[Worker], x, labels, denom, raw, masks, ranges, first):
     """Parts ``ranges[1:]`` on ``workers`` and part 0 through ``first()`` in this process;
     the results in part order, as ``run_parts`` gives them."""
@@ -238,9 +253,8 @@ def run_on_workers(engine, workers: list[Worker], x, labels, denom, raw, masks, 
         res = [first()]
     finally:
         answers = [w.answer() for w in sent]
+    _check(answers)
     for w, (lo, hi), ans in zip(sent, ranges[1:], answers):
-        if ans[0] == "error":
-            raise RuntimeError(f"engine worker process failed: {ans[1]}")
         n, k = hi - lo, res[0][1].shape[1]
         res.append((w.arena.losses[:n].copy(), w.arena.probs[:n * k].reshape(n, k).copy(), None, ans[0], ans[1]))
     return res
@@ -255,7 +269,6 @@ def infer_on_workers(workers: list[Worker], images, logits, bounds, step: int, f
         first()
     finally:
         answers = [w.answer() for w in workers[:len(bounds) - 1]]
-    for w, (a, b), ans in zip(workers, bounds[1:], answers):
-        if ans[0] == "error":
-            raise RuntimeError(f"engine worker process failed: {ans[1]}")
+    _check(answers)
+    for w, (a, b) in zip(workers, bounds[1:]):
         logits[a:b] = w.arena.probs[:logits[a:b].size].reshape(logits[a:b].shape)
