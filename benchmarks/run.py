@@ -365,7 +365,8 @@ def table(res: dict) -> str:
     lines = [f"Measured {env['date']} on {env['cpu']} ({env['cores']} cores, {CORES} usable by this process; "
              "the machine is shared: other processes were running), "
              f"Python {env['python']}, numpy {env['numpy']}, {blas.get('internal_api')} {blas.get('version')}; "
-             f"cnnexp engine=fast, threads=auto ({CORES}), BLAS single-threaded inside. "
+             f"cnnexp engine=fast, threads=auto ({CORES}; parallel: {os.environ.get('CNNEXP_PARALLEL', 'processes')}), "
+             "BLAS single-threaded except where the engine runs a whole batch on BLAS threads. "
              f"PyTorch: {res.get('torch_version') or 'not installed (its rows are skipped)'}. "
              f"Medians of {res['rounds']} alternating rounds{' (--quick)' if res.get('quick') else ''}.", "",
              "Ratio cnnexp / PyTorch's best setting (target in brackets):", "",
