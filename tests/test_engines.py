@@ -368,3 +368,18 @@ def test_unsplit_batches_on_multithreaded_blas_match_the_reference():
     for k in w_r:
         assert_close(w_f[k], w_r[k], k)
     assert_close([h["train/epoch_loss"] for h in hist_f], [h["train/epoch_loss"] for h in hist_r], "epoch loss")
+
+
+def test_inference_chunks_shrink_for_convs_with_few_filters():
+    """Chunks of at most 64 images, halved (down to 8) while a conv with < 32 filters would
+    unroll more than 2 MB per chunk; the rule, not a timing, so results are reproducible."""
+    root = Path(__file__).parent.parent / "conf/model"
+    chunks = {name: build_model(preset(root / f"{name}.yaml")).engine.infer_chunk
+              for name in ("seed", "lenet5", "keras_mnist")}
+    # seed: 26x26 x (3*3*1 + 1) x 4 bytes = 27 KB an image; lenet5's first conv 28x28 x 26 x 4 = 82 KB;
+    # keras_mnist's convs have 32 and 64 filters
+    assert chunks == {"seed": 64, "lenet5": 16, "keras_mnist": 64}
+    wide5 = {"input_shape": [28, 28, 1], "layers": [{"type": "conv2d", "filters": 12, "kernel_size": 5, "padding": "same"},
+                                                     {"type": "conv2d", "filters": 24, "kernel_size": 5, "padding": "same"},
+                                                     {"type": "flatten"}, {"type": "dense", "units": 10}, {"type": "softmax"}]}
+    assert build_model(wide5).engine.infer_chunk == 8  # 28x28 x (5*5*12 + 1) x 4 = 944 KB an image: the floor

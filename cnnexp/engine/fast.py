@@ -23,6 +23,7 @@ from contextlib import contextmanager, nullcontext
 import numpy as np
 
 from ..layers.activations import Dropout
+from ..layers.conv import Conv2D
 from .compile import build_stages, group, train_flops
 from .conv import ConvStage
 from .feed import Prepared, block_images
@@ -43,8 +44,11 @@ class FastEngine:
     SPLIT_WITH_PROCESSES = (16, 2, 1e7)
     #: an unsplit training batch with this much work runs its products on multi-threaded BLAS
     blas_min_flops = 5e7
-    #: images per chunk in inference (keeps temporaries near the core's cache)
+    #: images per chunk in inference (keeps temporaries near the core's cache): at most this ...
     infer_chunk = 64
+    #: ... and fewer when a conv with fewer than NARROW filters (a product BLAS runs far below its
+    #: speed, bound by reading its unrolled input) would unroll more than CHUNK_BYTES per chunk
+    NARROW, CHUNK_BYTES, MIN_CHUNK = 32, 2 << 20, 8
     #: largest training batch whose inputs are prepared ahead in blocks (``feed.py``)
     prepare_max_batch = 16
 
@@ -62,12 +66,21 @@ class FastEngine:
         self.prep = None  # the stage that unrolls prepared blocks (False: the plan has none)
         self.blas_many = False  # BLAS on ``threads`` threads (set by ``compute``)
         self.out_shape = body[-1].output_shape if body else model.input_shape
+        self.infer_chunk = self._chunk(body)
         #: split training batches run their other parts in worker processes (procs.py), not threads
         self.processes = parallel_mode() == "processes" and procs.available() and \
             getattr(model.params, "flat", None) is not None and getattr(model.grads, "flat", None) is not None
         self.procs = procs.Workers(self) if self.processes else None
         if self.processes:
             self.split_min_batch, self.split_min_images, self.split_min_flops = self.SPLIT_WITH_PROCESSES
+
+    def _chunk(self, body: list) -> int:
+        per = [l.output_shape[0] * l.output_shape[1] * (l.kh * l.kw * l.input_shape[2] + 1) * self.model.dtype.itemsize
+               for l in body if type(l) is Conv2D and l.filters < self.NARROW]
+        chunk = self.infer_chunk
+        while per and chunk > self.MIN_CHUNK and chunk * max(per) > self.CHUNK_BYTES:
+            chunk //= 2
+        return chunk
 
     def _workers(self, k: int) -> list[tuple[list, dict]]:
         """The first ``k`` workers' ``(stages, grads)``; worker 0 writes the model's gradients."""
