@@ -8,8 +8,8 @@ after the weights (parameters and gradients alike), ``cols`` ends in a column of
 weight matrix is read with the bias as its last row: the product adds the bias and the
 weight-gradient product yields its gradient, with no pass of their own.
 
-Backward: pooling and activation gradients into kept buffers, ``dW = cols.T @ dy`` (in row
-chunks: thin products slow down past a few thousand rows), and ``dx`` as one batched product
+Backward: pooling and activation gradients into kept buffers, ``dW = cols.T @ dy`` (in
+cache-sized row chunks when ``cols`` is thin), and ``dx`` as one batched product
 per kernel offset plus one shifted add of whole rows per offset.
 """
 
@@ -21,17 +21,20 @@ from numpy.lib.stride_tricks import as_strided
 from ..layers.conv import windows
 from .buffers import Buffers
 
-#: rows per chunk of the thin weight-gradient product
-CHUNK_ROWS = 8192
+#: bytes of both operands per chunk of the thin weight-gradient product (chunks that fit the
+#: core's L2 cache with room to spare ran 1.8-2.2x faster than 1 MB ones; benchmarks/NOTES.md)
+CHUNK_BYTES = 576 << 10
 #: below this many input channels, ``dx`` reorders a blocked ``dy`` to plain (N, OH, OW)
 #: order first, so its shifted adds run over whole rows of ``OW * C`` values, not ``C``
 DEBLOCK_BELOW_C = 16
 
 
-def thin_matmul_tn(a: np.ndarray, b: np.ndarray, out: np.ndarray, chunk: int = CHUNK_ROWS) -> np.ndarray:
-    """``out[...] = a.T @ b`` for tall ``a`` (rows x K) and ``b`` (rows x F), in row chunks."""
-    rows = a.shape[0]
-    if rows <= chunk or min(a.shape[1], b.shape[1]) > 32:
+def thin_matmul_tn(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """``out[...] = a.T @ b`` for tall ``a`` (rows x K) and ``b`` (rows x F); for K <= 32 (a
+    thin product, which slows down once its operands leave the cache) in chunks of rows."""
+    rows, k = a.shape
+    chunk = max(1024, 1 << int(CHUNK_BYTES // ((k + b.shape[1]) * a.itemsize)).bit_length() - 1)
+    if rows <= chunk or k > 32:
         return np.matmul(a.T, b, out=out)
     tmp = np.empty_like(out)
     np.matmul(a[:chunk].T, b[:chunk], out=out)
