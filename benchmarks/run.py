@@ -366,7 +366,7 @@ def table(res: dict) -> str:
              "the machine is shared: other processes were running), "
              f"Python {env['python']}, numpy {env['numpy']}, {blas.get('internal_api')} {blas.get('version')}; "
              f"cnnexp engine=fast, threads=auto ({CORES}; parallel: {os.environ.get('CNNEXP_PARALLEL', 'processes')}), "
-             "BLAS single-threaded except where the engine runs a whole batch on BLAS threads. "
+             "BLAS single-threaded inside. "
              f"PyTorch: {res.get('torch_version') or 'not installed (its rows are skipped)'}. "
              f"Medians of {res['rounds']} alternating rounds{' (--quick)' if res.get('quick') else ''}.", "",
              "Ratio cnnexp / PyTorch's best setting (target in brackets):", "",

@@ -156,10 +156,10 @@ class Model:
         if self.loss_layer is None:
             raise ConfigError("the last layer must be 'softmax' to train (it carries the cross-entropy loss)")
 
-    def compute(self, batch_size: int | None = None):
-        """Context for a stretch of engine calls (the training loop wraps its epochs in it,
-        passing its batch size): the engine sets BLAS's threads inside it."""
-        return self.engine.compute(batch_size)
+    def compute(self):
+        """Context for a stretch of engine calls (the training loop wraps its epochs in it):
+        the fast engine runs BLAS single-threaded inside it."""
+        return self.engine.compute()
 
     def train_batch(self, x: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Forward + backward on a preprocessed batch; fills ``grads``.

@@ -85,7 +85,7 @@ def fit(model: Model, optimizer: Optimizer, splits, *, epochs: int, batch_size: 
     for name, cb in callbacks.items():
         if name in state.callbacks:
             cb.load_state_dict(state.callbacks[name])
-    with model.compute(batch_size):  # BLAS threads: the engine's choice for this batch size
+    with model.compute():  # BLAS single-threaded; the model uses the other cores itself
         return _fit_epochs(model, optimizer, splits, epochs, batch_size, seed, log_every, eval_batch_size,
                            tracker, progress, state, on_epoch_end, schedule, callbacks)
 

@@ -325,17 +325,11 @@ def test_buffers_reuse_rows_and_remake_on_growth():
     assert b.get("k", (6, 4), np.float32).shape == (6, 4)
 
 
-def blas_threads_now() -> int:
-    from threadpoolctl import threadpool_info
-
-    return max(d["num_threads"] for d in threadpool_info() if d["user_api"] == "blas")
-
-
 @pytest.mark.parametrize("mode", ["processes", "threads"])
-def test_batches_with_the_work_use_every_core_by_split_or_by_blas(monkeypatch, mode):
-    """Which batches split across workers and which run whole on multi-threaded BLAS is a rule
-    on images and work (``train_flops``), fixed per batch size (so results are reproducible);
-    worker processes hand off for less than threads, so they split smaller batches."""
+def test_which_batches_split_across_workers(monkeypatch, mode):
+    """A rule on images and work (``train_flops``), fixed per batch size (so results are
+    reproducible); worker processes hand off for less than threads, so they split smaller
+    batches."""
     monkeypatch.setenv("CNNEXP_PARALLEL", mode)
     keras = build_model(preset(Path(__file__).parent.parent / "conf/model/keras_mnist.yaml"), threads=2).engine
     seed = build_model(preset(Path(__file__).parent.parent / "conf/model/seed.yaml"), threads=2).engine
@@ -345,29 +339,6 @@ def test_batches_with_the_work_use_every_core_by_split_or_by_blas(monkeypatch, m
     else:
         assert [keras.parts(n) for n in (1, 2, 4)] == [1, 2, 2]  # >= 2 images and >= 1e7 FLOP
         assert [seed.parts(n) for n in (8, 15, 16)] == [1, 1, 2]  # too little work below 16 images
-    with keras.compute(1):  # one image: too few to split
-        assert keras.blas_many and blas_threads_now() == 2
-        with keras.compute():  # an evaluation inside the epoch: BLAS single-threaded, then back
-            assert not keras.blas_many and blas_threads_now() == 1
-        assert keras.blas_many and blas_threads_now() == 2
-    for eng, n in ((keras, 8), (seed, 1)):
-        with eng.compute(n):
-            assert not eng.blas_many and blas_threads_now() == 1
-
-
-def test_unsplit_batches_on_multithreaded_blas_match_the_reference():
-    spec = preset(Path(__file__).parent.parent / "conf/model/keras_mnist.yaml", 12)
-    x, y = batch(spec, n=9)
-    ref = make(spec, "reference")
-    fast = make(spec, "fast", threads=available_cores() + 1, small_split=False)
-    fast.engine.blas_min_flops, fast.engine.split_min_images = 0, 10**9  # whole batches on BLAS threads
-    w_r, hist_r = train_weights(ref, x, y, batch_size=3)
-    with fast.engine.compute(3):
-        assert fast.engine.blas_many and blas_threads_now() == fast.threads
-    w_f, hist_f = train_weights(fast, x, y, batch_size=3)
-    for k in w_r:
-        assert_close(w_f[k], w_r[k], k)
-    assert_close([h["train/epoch_loss"] for h in hist_f], [h["train/epoch_loss"] for h in hist_r], "epoch loss")
 
 
 def test_inference_chunks_shrink_for_convs_with_few_filters():

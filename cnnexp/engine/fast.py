@@ -10,15 +10,12 @@ rounding, and a given thread count always gives the same numbers. Inference runs
 computed once on the whole batch's logits in the calling thread.
 
 BLAS runs single-threaded inside ``compute()`` (``fit`` wraps its epochs in it; inference
-enters it itself): the workers are the parallelism. A training batch too small to split but
-with enough work (a few images through large convs) runs as one part with BLAS on ``threads``
-threads instead, so its products use every core.
+enters it itself): the workers are the parallelism.
 """
 
 from __future__ import annotations
 
 import threading
-from contextlib import contextmanager, nullcontext
 
 import numpy as np
 
@@ -42,8 +39,6 @@ class FastEngine:
     split_min_flops = 7e7
     #: the same three with worker processes, whose hand-off costs far less
     SPLIT_WITH_PROCESSES = (16, 2, 1e7)
-    #: an unsplit training batch with this much work runs its products on multi-threaded BLAS
-    blas_min_flops = 5e7
     #: images per chunk in inference (keeps temporaries near the core's cache): at most this ...
     infer_chunk = 64
     #: ... and fewer when a conv with fewer than NARROW filters (a product BLAS runs far below its
@@ -64,7 +59,6 @@ class FastEngine:
         self.workers: list[tuple[list, dict]] = []
         self.lock = threading.Lock()
         self.prep = None  # the stage that unrolls prepared blocks (False: the plan has none)
-        self.blas_many = False  # BLAS on ``threads`` threads (set by ``compute``)
         self.out_shape = body[-1].output_shape if body else model.input_shape
         self.infer_chunk = self._chunk(body)
         #: split training batches run their other parts in worker processes (procs.py), not threads
@@ -89,18 +83,8 @@ class FastEngine:
             self.workers.append((build_stages(self.groups, g), g))
         return self.workers[:k]
 
-    @contextmanager
-    def compute(self, batch_size: int | None = None):
-        """BLAS threads for a stretch of calls: one (the workers are the parallelism), or
-        ``threads`` when training at ``batch_size`` runs unsplit with the work to use them
-        (set once for the stretch: changing it per step costs more than it gains)."""
-        many = batch_size is not None and self._blas_many(batch_size)
-        old, self.blas_many = self.blas_many, many
-        try:
-            with blas_threads(self.threads if many else 1):
-                yield
-        finally:
-            self.blas_many = old
+    def compute(self):
+        return blas_threads(1)
 
     def parts(self, n: int) -> int:
         if self.threads <= 1 or n < 2 or not self.splittable:
@@ -108,9 +92,6 @@ class FastEngine:
         if n >= self.split_min_batch or (n >= self.split_min_images and n * self.flops >= self.split_min_flops):
             return min(self.threads, n)
         return 1
-
-    def _blas_many(self, n: int) -> bool:
-        return self.threads > 1 and self.parts(n) == 1 and n * self.flops >= self.blas_min_flops
 
     # -- inputs prepared ahead at small batches (feed.py) -----------------------------------
     def block_images(self, batch_size: int) -> int:
@@ -156,13 +137,12 @@ class FastEngine:
                 return r[0], r[1], r[3], r[4]
             ranges = split_rows(n, k)
             masks = self._masks(n)
-            with blas_threads(1) if self.blas_many else nullcontext():  # a smaller last batch
-                if self.processes and x.dtype.str in procs.DTYPES:
-                    res, grads = self._train_on_processes(x, labels, n, raw, masks, ranges)
-                else:
-                    workers = self._workers(len(ranges))
-                    parts = [(w, x[lo:hi], labels[lo:hi], n, raw, masks, lo, hi) for w, (lo, hi) in zip(workers, ranges)]
-                    res, grads = run_parts(self._train_part, parts), [g for _, g in workers]
+            if self.processes and x.dtype.str in procs.DTYPES:
+                res, grads = self._train_on_processes(x, labels, n, raw, masks, ranges)
+            else:
+                workers = self._workers(len(ranges))
+                parts = [(w, x[lo:hi], labels[lo:hi], n, raw, masks, lo, hi) for w, (lo, hi) in zip(workers, ranges)]
+                res, grads = run_parts(self._train_part, parts), [g for _, g in workers]
             self._sum_grads(grads)
         return (np.concatenate([r[0] for r in res]), np.concatenate([r[1] for r in res]),
                 sum(r[3] for r in res), sum(r[4] for r in res))

@@ -20,7 +20,7 @@ class ReferenceEngine:
     def __init__(self, model, threads="auto"):
         self.model = model
 
-    def compute(self, batch_size=None):
+    def compute(self):
         return nullcontext()
 
     def train(self, x, labels, raw: bool = False):
