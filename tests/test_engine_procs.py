@@ -84,7 +84,9 @@ def test_inference_on_processes_gives_the_numbers_threads_give(monkeypatch):
         out[mode] = (m.predict_proba(x), m.evaluate(x, y))
         if mode == "processes":
             assert len(m.engine.procs.procs) == 2
-            assert m.engine.procs.procs[0].arena.train_rows == 0  # no training buffers for inference
+            arena = m.engine.procs.procs[0].arena
+            assert arena.train_rows == 0  # no training buffers for inference
+            assert arena.rows == 8 and len(arena.x) == 8 * 10 * 10  # chunks 2-3 and 4-5: 8 uint8 images
             m.engine.procs.stop()
     np.testing.assert_array_equal(out["processes"][0], out["threads"][0])
     assert out["processes"][1] == out["threads"][1]

@@ -4,10 +4,11 @@ copies of the engine, not in Python threads, so no part waits for the GIL betwee
 The model's parameters live in shared memory (``shared_empty``) and are only ever updated in
 place, so a worker always reads the current weights. Each worker owns an arena (shared memory
 made before its fork) holding its gradients, its part's inputs, labels and dropout masks, and
-its losses and probabilities. A step is one message each way on a pipe: the parent copies the
-part into the arena and sends its shape; the worker runs the same ``_train_part`` a thread
-would (so results are the same numbers) and answers with its loss sum and correct count, or
-with the error it raised. A worker exits when its pipe closes (the parent ended or died) or
+its losses and probabilities, and a few control words. For a step the parent copies the part
+into the arena, writes its shape and a new request number into the control words and one
+byte into a pipe; the worker (polling the request number briefly, else asleep on the pipe)
+runs the same ``_train_part`` a thread would, so results are the same numbers, and answers
+the same way with its loss sum and correct count, or with the error it raised. A worker exits when its pipe closes (the parent ended or died) or
 the parent asks; it ignores SIGINT, SIGTERM and SIGHUP (the parent decides how a run stops)
 and dies with the parent.
 """
@@ -68,7 +69,7 @@ class Arena:
         self.ctl[...] = 0
         self.sums = shared_empty(2, np.float64)  # loss sum, correct count
         self.err = shared_empty(ERR_BYTES, np.uint8)
-        self.x = shared_empty(rows * x_bytes, np.uint8)
+        self.x = shared_empty(x_bytes, np.uint8)
         self.labels = shared_empty(train_rows, np.intp)
         self.masks = {i: shared_empty(train_rows * int(np.prod(engine.groups[i][1][0].input_shape)), m.dtype)
                       for i in engine.dropouts}
