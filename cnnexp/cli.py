@@ -132,7 +132,7 @@ def hydra_main(dcfg: DictConfig) -> float | None:
 
     cfg = OmegaConf.to_container(dcfg, resolve=True)
     info = job_info()
-    tracker, mode, value, logged = None, None, None, True
+    tracker, mode, value, logged, exp = None, None, None, True, None
     status, error = "FAILED", "the run ended without reporting why"
     try:  # the journal always gets its end (finally): FINISHED, FAILED or KILLED
         check_job(dcfg)  # cnnexp.preflight: the guard again, inside every job
@@ -173,6 +173,8 @@ def hydra_main(dcfg: DictConfig) -> float | None:
         error = "".join(traceback.format_exception(e))[-5000:]
         raise
     finally:
+        if exp is not None:
+            exp.model.close()  # the engine's worker processes, if any (a sweep's next job forks its own)
         if tracker is not None:
             tracker.finish(status, error)
             logged = deliver(tracker, mode)

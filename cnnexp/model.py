@@ -19,7 +19,7 @@ from .layers.base import Layer, ShapeError
 from .layers.softmax import Softmax
 from .engine import check_engine, make_engine, resolve_threads
 from .engine.feed import Prepared, batches
-from .engine.procs import shared_empty
+from .engine.procs import shared_zeros
 from .registry import LAYERS
 
 DTYPES = ("float32", "float64")
@@ -84,8 +84,7 @@ class Model:
         flat_ok = all(isinstance(v, np.ndarray) and v.dtype == self.dtype for _, _, v in entries) and \
             len({id(v) for _, _, v in entries}) == len(entries)
         total = sum(v.size for _, _, v in entries)
-        # in shared memory: worker processes of the engine read the weights from there
-        pflat = shared_empty(total, self.dtype) if flat_ok else None
+        pflat = shared_zeros(total, self.dtype) if flat_ok else None  # engine worker processes read it
         gflat = np.zeros(total, self.dtype) if flat_ok else None
         slots, off = [], 0
         for l, k, v in entries:
@@ -107,13 +106,10 @@ class Model:
         params.flat, grads.flat = pflat, gflat
         return params, grads, slots
 
-    def new_grads(self, alloc=np.empty) -> ParamDict:
-        """Zeroed gradient arrays keyed and laid out like ``grads`` (``flat`` included, made by
-        ``alloc(size, dtype)``): an engine worker's own gradients."""
+    def new_grads(self, alloc=np.zeros) -> ParamDict:
+        """Zeroed gradients laid out like ``grads`` (``flat`` by ``alloc``): an engine worker's."""
         out, off = ParamDict(), 0
         gflat = alloc(self._grads.flat.size, self.dtype) if self._grads.flat is not None else None
-        if gflat is not None:
-            gflat[...] = 0
         for k, p in self.params.items():
             out[k] = _view_like(gflat, off, p) if gflat is not None else np.zeros_like(p)
             off += p.size
@@ -160,6 +156,10 @@ class Model:
         """Context for a stretch of engine calls (the training loop wraps its epochs in it):
         the fast engine runs BLAS single-threaded inside it."""
         return self.engine.compute()
+
+    def close(self) -> None:
+        """Stop the engine's worker processes now; it forks new ones when it next needs them."""
+        self.engine.close()
 
     def train_batch(self, x: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Forward + backward on a preprocessed batch; fills ``grads``.

@@ -216,3 +216,16 @@ def test_a_bad_parallel_mode_names_the_value_and_the_valid_ones(monkeypatch):
     monkeypatch.setenv("CNNEXP_PARALLEL", "fibers")
     with pytest.raises(ConfigError, match=r"CNNEXP_PARALLEL='fibers' is invalid: use one of processes, threads"):
         build_model(SPEC, threads=2)
+
+
+def test_close_stops_the_workers_and_the_model_stays_usable(monkeypatch):
+    m = model(monkeypatch, "processes")
+    x, y = data()
+    m.engine.train(x, y, raw=True)
+    pids = [w.pid for w in m.engine.procs.procs]
+    m.close()
+    assert m.engine.procs.procs == [] and not any(alive(p) for p in pids)
+    m.engine.train(x, y, raw=True)  # forks again
+    assert len(m.engine.procs.procs) == 2
+    m.close()
+    build_model(SPEC, engine="reference").close()  # nothing to stop

@@ -86,6 +86,11 @@ class FastEngine:
     def compute(self):
         return blas_threads(1)
 
+    def close(self) -> None:
+        """Stop the worker processes (forked again when needed)."""
+        if self.procs is not None:
+            self.procs.stop()
+
     def parts(self, n: int) -> int:
         if self.threads <= 1 or n < 2 or not self.splittable:
             return 1

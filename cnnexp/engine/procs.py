@@ -1,7 +1,7 @@
 """Worker processes: the parts of a split training batch beyond the first run in forked
 copies of the engine, not in Python threads, so no part waits for the GIL between numpy calls.
 
-The model's parameters live in shared memory (``shared_empty``) and are only ever updated in
+The model's parameters live in shared memory (``shared_zeros``) and are only ever updated in
 place, so a worker always reads the current weights. Each worker owns an arena (shared memory
 made before its fork) holding its gradients, its part's inputs, labels and dropout masks, and
 its losses and probabilities, and a few control words. For a step the parent copies the part
@@ -32,8 +32,9 @@ class WorkerExited(RuntimeError):
     """A worker process died (killed from outside): the engine forks afresh and retries once."""
 
 
-def shared_empty(size: int, dtype) -> np.ndarray:
-    """An uninitialised 1-D array in anonymous shared memory (seen by processes forked later)."""
+def shared_zeros(size: int, dtype) -> np.ndarray:
+    """A 1-D array of zeros (a fresh anonymous mapping is zero-filled) in shared memory, seen by
+    processes forked later."""
     dtype = np.dtype(dtype)
     buf = mmap.mmap(-1, max(1, size * dtype.itemsize))
     return np.frombuffer(buf, dtype, count=size)
@@ -64,17 +65,16 @@ class Arena:
     def __init__(self, engine, rows: int, x_bytes: int, train_rows: int):
         m = engine.model
         self.rows, self.x_bytes, self.train_rows = rows, x_bytes, train_rows
-        self.grads = m.new_grads(shared_empty)
-        self.ctl = shared_empty(16, np.int64)
-        self.ctl[...] = 0
-        self.sums = shared_empty(2, np.float64)  # loss sum, correct count
-        self.err = shared_empty(ERR_BYTES, np.uint8)
-        self.x = shared_empty(x_bytes, np.uint8)
-        self.labels = shared_empty(train_rows, np.intp)
-        self.masks = {i: shared_empty(train_rows * int(np.prod(engine.groups[i][1][0].input_shape)), m.dtype)
+        self.grads = m.new_grads(shared_zeros)
+        self.ctl = shared_zeros(16, np.int64)
+        self.sums = shared_zeros(2, np.float64)  # loss sum, correct count
+        self.err = shared_zeros(ERR_BYTES, np.uint8)
+        self.x = shared_zeros(x_bytes, np.uint8)
+        self.labels = shared_zeros(train_rows, np.intp)
+        self.masks = {i: shared_zeros(train_rows * int(np.prod(engine.groups[i][1][0].input_shape)), m.dtype)
                       for i in engine.dropouts}
         k = int(np.prod(engine.out_shape))
-        self.losses, self.probs = shared_empty(train_rows, m.dtype), shared_empty(rows * k, m.dtype)
+        self.losses, self.probs = shared_zeros(train_rows, m.dtype), shared_zeros(rows * k, m.dtype)
 
     def size(self) -> tuple[int, int, int]:
         return self.rows, self.x_bytes, self.train_rows

@@ -23,6 +23,9 @@ class ReferenceEngine:
     def compute(self):
         return nullcontext()
 
+    def close(self) -> None:
+        pass
+
     def train(self, x, labels, raw: bool = False):
         """``(losses, probs, loss_sum, correct)``; fills the layers' gradients."""
         model = self.model
