@@ -68,3 +68,33 @@ def test_sigkill_then_resume_from_the_last_epoch_checkpoint(tmp_path, uninterrup
     assert final(q.stdout) == ref_final
     w = weights(last_ckpt(out))
     assert all(np.array_equal(w[k], ref_w[k]) for k in ref_w)
+
+
+def test_sigterm_to_the_process_group_mid_split_batch_training(tmp_path):
+    """Batches of 32 split onto the engine's worker processes; SIGTERM to the whole process
+    group (as scancel or a terminal's Ctrl-C send it) reaches the workers too: they finish the
+    step, the run checkpoints and ends KILLED, no worker is left, and the resumed run ends with
+    the metrics and weights of an uninterrupted one."""
+    import os
+    import subprocess
+
+    args = [*ARGS[:3], "epochs=12", "batch_size=32", "log_every=40", "seed=7"]  # 32 images: 2 parts
+    ref = cli(args, tmp_path / "ref" / "outputs")
+    assert ref.returncode == 0, ref.stderr
+    out = tmp_path / "outputs"
+    p = start(args, out, new_session=True)
+    wait_for(p, r"^--- Epoch 3 ---")
+    os.killpg(p.pid, signal.SIGTERM)
+    rest, err = p.communicate(timeout=60)
+    assert p.returncode == 130 and "Traceback" not in err, err
+    left = subprocess.run(["ps", "-o", "args=", "-s", str(p.pid)], capture_output=True, text=True).stdout
+    assert "batch_size=32" not in left, left  # no engine worker (a fork: the run's command line) outlives the run
+    ck_path = last_ckpt(out)
+    assert 2 <= checkpoint.load(ck_path).meta["state"]["epoch"] < 12
+    wait_logged(out)
+    assert [r.info.status for r in all_runs(client(out))] == ["KILLED"]
+    q = cli([*args, f"resume={ck_path}"], out)
+    assert q.returncode == 0, q.stderr
+    assert final(q.stdout) == final(ref.stdout)
+    w, w_ref = weights(last_ckpt(out)), weights(last_ckpt(tmp_path / "ref" / "outputs"))
+    assert all(np.array_equal(w[k], w_ref[k]) for k in w_ref)
