@@ -145,3 +145,9 @@ def test_data_errors_come_before_the_mlflow_run(tmp_path):
     p = cli(["batch_size=1001"], tmp_path / "outputs")
     assert_one_line_error(p, "batch_size=1001")
     assert not (tmp_path / "outputs" / "mlflow.db").exists()
+
+
+def test_bad_parallel_mode_is_one_line(tmp_path):
+    p = cli(["epochs=1", "tracking.enabled=false"], tmp_path / "outputs", CNNEXP_PARALLEL="fibers")
+    assert_one_line_error(p, "CNNEXP_PARALLEL='fibers'", "processes, threads")
+    assert p.returncode == 2

@@ -33,8 +33,8 @@ def thin_matmul_tn(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
     """``out[...] = a.T @ b`` for tall ``a`` (rows x K) and ``b`` (rows x F); for K <= 32 (a
     thin product, which slows down once its operands leave the cache) in chunks of rows."""
     rows, k = a.shape
-    chunk = max(1024, 1 << int(CHUNK_BYTES // ((k + b.shape[1]) * a.itemsize)).bit_length() - 1)
-    if rows <= chunk or k > 32:
+    chunk = max(1024, 1 << int(CHUNK_BYTES // ((k + b.shape[1]) * a.itemsize)).bit_length() - 1) if k <= 32 else rows
+    if rows <= chunk:
         return np.matmul(a.T, b, out=out)
     tmp = np.empty_like(out)
     np.matmul(a[:chunk].T, b[:chunk], out=out)

@@ -172,7 +172,7 @@ class FastEngine:
         lo, hi = ranges[0]
 
         def run(ws):
-            res = procs.run_on_workers(self, ws, x, labels, n, raw, masks, ranges,
+            res = procs.run_on_workers(ws, x, labels, n, raw, masks, ranges,
                                        lambda: self._train_part(w0, x[lo:hi], labels[lo:hi], n, raw, masks, lo, hi))
             return res, [w0[1]] + [p.arena.grads for p in ws]
         return self._on_processes(len(ranges) - 1, (rows, rows * x[0].nbytes, rows), run)

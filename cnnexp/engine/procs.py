@@ -181,16 +181,13 @@ def _serve(engine, arena: Arena, req: int, ans: int, main_thread: bool) -> None:
                 if c[KIND] == 1:
                     logits = arena.probs[:n * int(np.prod(engine.out_shape))].reshape((n,) + tuple(engine.out_shape))
                     engine._infer_part(worker, x, logits, 0, n, int(c[DENOM]))
-                    c[STATUS] = 0
-                    c[ANS] = seq
-                    os.write(ans, b"k")
-                    continue
-                masks = {i: a[:len(a) // arena.train_rows * n].reshape((n,) + engine.groups[i][1][0].input_shape)
-                         for i, a in arena.masks.items()}
-                out = engine._train_part(worker, x, arena.labels[:n], int(c[DENOM]), bool(c[RAW]), masks, 0, n)
-                arena.losses[:n] = out[0]
-                arena.probs[:out[1].size] = out[1].reshape(-1)
-                arena.sums[:] = out[3], out[4]
+                else:
+                    masks = {i: a[:len(a) // arena.train_rows * n].reshape((n,) + engine.groups[i][1][0].input_shape)
+                             for i, a in arena.masks.items()}
+                    out = engine._train_part(worker, x, arena.labels[:n], int(c[DENOM]), bool(c[RAW]), masks, 0, n)
+                    arena.losses[:n] = out[0]
+                    arena.probs[:out[1].size] = out[1].reshape(-1)
+                    arena.sums[:] = out[3], out[4]
                 c[STATUS] = 0
             except Exception as e:  # noqa: BLE001  (reported to the parent, which raises it)
                 msg = f"{type(e).__name__}: {e}".encode("utf-8", "replace")[:ERR_BYTES]
@@ -239,7 +236,7 @@ def _check(answers: list) -> None:
             raise WorkerExited(ans[1])
 
 
-def run_on_workers(engine, workers: list[Worker], x, labels, denom, raw, masks, ranges, first):
+def run_on_workers(workers: list[Worker], x, labels, denom, raw, masks, ranges, first):
     """Parts ``ranges[1:]`` on ``workers`` and part 0 through ``first()`` in this process;
     the results in part order, as ``run_parts`` gives them."""
     sent = []
