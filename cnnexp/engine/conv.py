@@ -10,7 +10,9 @@ weight-gradient product yields its gradient, with no pass of their own.
 
 Backward: pooling and activation gradients into kept buffers, ``dW = cols.T @ dy`` (in
 cache-sized row chunks when ``cols`` is thin), and ``dx`` as one batched product
-per kernel offset plus one shifted add of whole rows per offset.
+per kernel offset plus one shifted add of whole rows per offset (a ``dy`` in blocks is put
+back in plain order first: a cheap copy, after which every add runs over rows of ``OW * C``
+values rather than ``C``).
 """
 
 from __future__ import annotations
@@ -24,9 +26,6 @@ from .buffers import Buffers
 #: bytes of both operands per chunk of the thin weight-gradient product (chunks that fit the
 #: core's L2 cache with room to spare ran 1.8-2.2x faster than 1 MB ones; benchmarks/NOTES.md)
 CHUNK_BYTES = 576 << 10
-#: below this many input channels, ``dx`` reorders a blocked ``dy`` to plain (N, OH, OW)
-#: order first, so its shifted adds run over whole rows of ``OW * C`` values, not ``C``
-DEBLOCK_BELOW_C = 16
 
 
 def thin_matmul_tn(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
@@ -182,30 +181,17 @@ class ConvStage:
         """dL/dx: ``dy2 @ W[i, j].T`` for every kernel offset in one batched product, each
         added to its shifted window of the padded input (whole rows at a time)."""
         kk, c, n = self.kh * self.kw, self.c, len(dy2) // (self.oh * self.ow)
-        blocks = self.blocks
-        if blocks is not None and c < DEBLOCK_BELOW_C:
-            dy2, blocks = self._deblock(dy2), None
+        if self.blocks is not None:
+            dy2 = self._deblock(dy2)
         wk = self.bufs.get("wk", (kk, self.f, c), dy2.dtype)
         np.copyto(wk.reshape(self.kh, self.kw, self.f, c), self.W.transpose(0, 1, 3, 2))
         t = self.bufs.get("t", (kk, len(dy2), c), dy2.dtype)
         np.matmul(dy2[None], wk, out=t)
         dxp = self.bufs.get("dxp", (n,) + self.hpwp + (c,), dy2.dtype, zero=True)
-        sh, sw = self.sh, self.sw
-        if blocks is None:
-            t = t.reshape(kk, n, self.oh, self.ow, c)
-            oh, ow = self.oh, self.ow
-            for i in range(self.kh):
-                for j in range(self.kw):
-                    dxp[:, i:i + sh * oh:sh, j:j + sw * ow:sw, :] += t[i * self.kw + j]
-        else:
-            ph, pw = blocks
-            qh, qw = self.oh // ph, self.ow // pw
-            t = t.reshape(kk, n, ph, pw, qh, qw, c)
-            for a in range(ph):
-                for b in range(pw):
-                    for i in range(self.kh):
-                        for j in range(self.kw):
-                            r, q = a * sh + i, b * sw + j
-                            dxp[:, r:r + sh * ph * qh:sh * ph, q:q + sw * pw * qw:sw * pw, :] += t[i * self.kw + j, :, a, b]
+        sh, sw, oh, ow = self.sh, self.sw, self.oh, self.ow
+        t = t.reshape(kk, n, oh, ow, c)
+        for i in range(self.kh):
+            for j in range(self.kw):
+                dxp[:, i:i + sh * oh:sh, j:j + sw * ow:sw, :] += t[i * self.kw + j]
         h, w = self.hw
         return dxp[:, self.pt:self.pt + h, self.pl:self.pl + w, :] if self.padded else dxp
