@@ -8,8 +8,9 @@
 
 The engine table: for the three presets (conf/model/) and three stacks that are none of them
 (benchmarks/stacks.py), built by ``cnnexp.model.build_model`` (engine=fast, threads=auto) and
-trained by ``cnnexp.train.fit`` with SGD: training images/s at batch 1, 32, 128 and inference
-images/s at batch 1000 (``evaluate``). PyTorch CPU (``pip install torch==2.13.0``) runs the
+trained by ``cnnexp.train.fit`` with SGD: training images/s at batch 1, 32, 128 (the second
+epoch of a fit: the first warms up, as PyTorch's untimed steps do) and inference images/s at
+batch 1000 (``evaluate``). PyTorch CPU (``pip install torch==2.13.0``) runs the
 same nets (benchmarks/torch_peer.py) in the same run, alternating with cnnexp round by round, at
 each of NCHW/channels_last x 1/all threads; the table gives medians and the ratio to PyTorch's
 best setting per cell. Also: thread scaling (keras_mnist, batch 128, 1 thread against all, in the
@@ -64,8 +65,11 @@ def random_images(n: int, seed: int = 0):
 
 
 def cnnexp_train_rate(name: str, batch: int, seconds: float, threads="auto") -> float:
-    """Images/s of ``fit`` (the real loop: shuffling, train_step, SGD step, loss bookkeeping),
-    over an epoch sized to last about ``seconds`` after a calibration epoch."""
+    """Images/s of ``fit`` (the real loop: shuffling, train_step, SGD step, loss bookkeeping)
+    in the second of two epochs sized to last about ``seconds`` each (sized by a calibration
+    epoch). The first epoch warms the model up as PyTorch's 20 untimed steps warm up its net:
+    forking the engine's workers and first-touching its buffers cost a few hundred ms once per
+    run, which is most of an epoch of a few steps (keras_mnist at batch 128: 9 steps)."""
     from cnnexp.model import build_model
     from cnnexp.optimizers import build_optimizer
     from cnnexp.train import fit
@@ -73,18 +77,21 @@ def cnnexp_train_rate(name: str, batch: int, seconds: float, threads="auto") -> 
     images, labels = random_images(65536)
     empty = (images[:0], labels[:0])
 
-    def run(n):
+    def run(n, epochs):
         model = build_model(model_spec(name), seed=0, scale=1 / 255, shift=-0.5, threads=threads)
         opt = build_optimizer({"type": "sgd"}, 0.005)
         splits = SimpleNamespace(train=(images[:n], labels[:n]), val=empty, test=empty)
-        st = fit(model, opt, splits, epochs=1, batch_size=batch, log=lambda s: None, log_every=10**9)
+        try:
+            st = fit(model, opt, splits, epochs=epochs, batch_size=batch, log=lambda s: None, log_every=10**9)
+        finally:
+            model.close()
         return st.history[-1]["perf/images_per_sec"]
 
     n0 = max(batch * 4, 256)
-    rate = run(n0)
+    rate = run(n0, 1)
     n = int(min(len(images), max(n0, rate * seconds)))
     n -= n % batch
-    return run(max(n, batch))
+    return run(max(n, batch), 2)
 
 
 def cnnexp_infer_rate(name: str, seconds: float) -> float:
