@@ -177,9 +177,9 @@ def _conv(filters, k=3, stride=1, padding="valid"):
 @pytest.mark.parametrize("pool,size,stride", [("maxpool2d", 3, 2), ("avgpool2d", 3, 2), ("maxpool2d", 2, 3),
                                               ("maxpool2d", 3, 1)])
 def test_strided_pools_read_blocked_conv_output_as_the_reference_does(pool, size, stride):
-    # conv outputs whose sides are multiples of the pool stride are laid out in blocks (phases);
-    # the second conv's input gradient goes through both dx paths: reordered (3 channels) and
-    # blocked (16 channels); the first conv's output (10x10) is not a multiple of 3
+    # conv outputs whose sides are multiples of the pool stride are laid out in blocks (phases)
+    # which the second conv's input gradient puts back in plain order; the first conv's output
+    # (10x10) is not a multiple of 3
     for channels in (3, 16):
         spec = {"input_shape": [12, 12, 2], "layers": [
             _conv(channels, padding="valid"), {"type": "relu"}, {"type": pool, "pool": size, "stride": stride},
@@ -190,6 +190,22 @@ def test_strided_pools_read_blocked_conv_output_as_the_reference_does(pool, size
         second = {2: (2, 2), 3: (3, 3), 1: None}[stride]  # 4x4 (stride 2) or 3x3 (stride 3) after the pool
         assert [stages[0].blocks, stages[1].blocks] == [first, second]
         compare_engines(spec, n=5, threads=(1, 2), batch_size=2)
+
+
+@pytest.mark.parametrize("k,stride,padding,pool,flat", [
+    (3, 1, "valid", None, True), (3, 1, "same", None, True), (3, 1, "valid", "maxpool2d", True),
+    (3, 1, "same", "avgpool2d", True), (5, 1, "valid", "maxpool2d", False), (3, 2, "same", None, False)])
+def test_input_gradient_paths_match_the_reference(k, stride, padding, pool, flat):
+    # the second conv's dx: flat shifted adds (3x3 stride 1 on 22 columns: the input is at most
+    # 1.1x as wide as the output) or one add per window offset, from a dy laid out in blocks
+    # (a 2x2 pool follows) or plain, with and without padding
+    layers = [_conv(3), {"type": "relu"}, _conv(4, k, stride, padding), {"type": "tanh"}]
+    layers += [{"type": pool, "pool": 2}] if pool else []
+    spec = {"input_shape": [24, 24, 2], "layers": layers + [
+        {"type": "flatten"}, {"type": "dense", "units": 3}, {"type": "softmax"}]}
+    stages = make(spec, "fast").engine._workers(1)[0][0]
+    assert stages[1].flat_dx is flat and (stages[1].blocks is not None) is (pool is not None and stride == 1)
+    compare_engines(spec, n=5, threads=(1, 2), batch_size=2)
 
 
 @pytest.mark.parametrize("seed", RANDOM[:4])

@@ -9,10 +9,9 @@ weight matrix is read with the bias as its last row: the product adds the bias a
 weight-gradient product yields its gradient, with no pass of their own.
 
 Backward: pooling and activation gradients into kept buffers, ``dW = cols.T @ dy`` (in
-cache-sized row chunks when ``cols`` is thin), and ``dx`` as one batched product
-per kernel offset plus one shifted add of whole rows per offset (a ``dy`` in blocks is put
-back in plain order first: a cheap copy, after which every add runs over rows of ``OW * C``
-values rather than ``C``).
+cache-sized row chunks when ``cols`` is thin), and ``dx`` as one batched product per kernel
+offset plus one shifted add per offset (a ``dy`` in blocks is put back in plain order first:
+a cheap copy, after which the adds run over rows of ``OW * C`` values rather than ``C``).
 """
 
 from __future__ import annotations
@@ -26,6 +25,13 @@ from .buffers import Buffers
 #: bytes of both operands per chunk of the thin weight-gradient product (chunks that fit the
 #: core's L2 cache with room to spare ran 1.8-2.2x faster than 1 MB ones; benchmarks/NOTES.md)
 CHUNK_BYTES = 576 << 10
+
+
+#: ``dx`` pads ``dy``'s rows to the input's width (flat shifted adds, see ``_input_grad``) when
+#: that width is at most this times the output's: the product grows by the padding, the adds
+#: get far fewer, longer runs (benchmarks/NOTES.md: it paid for a 3x3 kernel on 24 columns,
+#: not for 5x5 ones on 10 or 14)
+FLAT_MAX_WIDTH = 1.1
 
 
 def thin_matmul_tn(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
@@ -82,6 +88,8 @@ class ConvStage:
             pool.blocked = True
         self.bufs = Buffers()
         self.idx = self._take_index() if self.c == 1 else None
+        #: dx by flat shifted adds (see ``_input_grad``)
+        self.flat_dx = (self.sh, self.sw) == (1, 1) and self.hpwp[1] <= FLAT_MAX_WIDTH * self.ow
 
     def _windows(self, x):
         """The kernel windows of ``x`` in ``cols`` row order: (N, OH, OW, KH, KW, C), or
@@ -167,31 +175,47 @@ class ConvStage:
             np.matmul(np.ones(len(dy2), dy2.dtype), dy2, out=self.gb)
         return None if self.first else self._input_grad(dy2)
 
-    def _deblock(self, dy2):
-        """A blocked ``dy2`` reordered to plain (N, OH, OW) rows, in a kept buffer."""
-        ph, pw = self.blocks
-        qh, qw = self.oh // ph, self.ow // pw
-        n = len(dy2) // (self.oh * self.ow)
-        out = self.bufs.get("dyplain", dy2.shape, dy2.dtype)
-        np.copyto(out.reshape(n, qh, ph, qw, pw, self.f),
-                  dy2.reshape(n, ph, pw, qh, qw, self.f).transpose(0, 3, 1, 4, 2, 5))
+    def _plain(self, dy2, width: int):
+        """``dy2`` as (N, OH, width, F) in plain row order (a blocked one put back), each row
+        padded with zero columns from OW to ``width``: a kept buffer, or a view of ``dy2``
+        when nothing changes."""
+        n, (oh, ow, f) = len(dy2) // (self.oh * self.ow), (self.oh, self.ow, self.f)
+        if self.blocks is None and width == ow:
+            return dy2.reshape(n, oh, ow, f)
+        out = self.bufs.get("dyplain", (n, oh, width, f), dy2.dtype, zero="new")  # pad columns stay 0
+        if self.blocks is None:
+            out[:, :, :ow] = dy2.reshape(n, oh, ow, f)
+        else:
+            ph, pw = self.blocks
+            np.copyto(out[:, :, :ow].reshape(n, oh // ph, ph, ow // pw, pw, f),
+                      dy2.reshape(n, ph, pw, oh // ph, ow // pw, f).transpose(0, 3, 1, 4, 2, 5))
         return out
 
     def _input_grad(self, dy2):
-        """dL/dx: ``dy2 @ W[i, j].T`` for every kernel offset in one batched product, each
-        added to its shifted window of the padded input (whole rows at a time)."""
+        """dL/dx: ``dy @ W[i, j].T`` for every kernel offset (i, j) in one batched product,
+        each added to its shifted window of the padded input. With stride 1 and a kernel
+        narrow against the output (``FLAT_MAX_WIDTH``), ``dy``'s rows are first padded to the
+        input's width: a window's shift is then one flat offset, and each offset's add is one
+        contiguous run per image (the pad columns add zeros)."""
         kk, c, n = self.kh * self.kw, self.c, len(dy2) // (self.oh * self.ow)
-        if self.blocks is not None:
-            dy2 = self._deblock(dy2)
+        (hp, wp), oh, ow = self.hpwp, self.oh, self.ow
+        flat = self.flat_dx
+        dy = self._plain(dy2, wp if flat else ow)
         wk = self.bufs.get("wk", (kk, self.f, c), dy2.dtype)
         np.copyto(wk.reshape(self.kh, self.kw, self.f, c), self.W.transpose(0, 1, 3, 2))
-        t = self.bufs.get("t", (kk, len(dy2), c), dy2.dtype)
-        np.matmul(dy2[None], wk, out=t)
+        t = self.bufs.get("t", (kk, dy.size // self.f, c), dy2.dtype)
+        np.matmul(dy.reshape(1, -1, self.f), wk, out=t)
         dxp = self.bufs.get("dxp", (n,) + self.hpwp + (c,), dy2.dtype, zero=True)
-        sh, sw, oh, ow = self.sh, self.sw, self.oh, self.ow
-        t = t.reshape(kk, n, oh, ow, c)
-        for i in range(self.kh):
-            for j in range(self.kw):
-                dxp[:, i:i + sh * oh:sh, j:j + sw * ow:sw, :] += t[i * self.kw + j]
+        if flat:
+            run, d, t = ((oh - 1) * wp + ow) * c, dxp.reshape(n, -1), t.reshape(kk, n, -1)
+            for i in range(self.kh):
+                for j in range(self.kw):
+                    at = (i * wp + j) * c
+                    d[:, at:at + run] += t[i * self.kw + j, :, :run]
+        else:
+            sh, sw, t = self.sh, self.sw, t.reshape(kk, n, oh, ow, c)
+            for i in range(self.kh):
+                for j in range(self.kw):
+                    dxp[:, i:i + sh * oh:sh, j:j + sw * ow:sw, :] += t[i * self.kw + j]
         h, w = self.hw
         return dxp[:, self.pt:self.pt + h, self.pl:self.pl + w, :] if self.padded else dxp
