@@ -39,7 +39,7 @@ def assert_close(a, b, what):
 def make(spec, engine, threads=1, seed=0, small_split=True):
     m = build_model(spec, seed=seed, dtype="float64", scale=1 / 255, shift=-0.5, engine=engine, threads=threads)
     if small_split and isinstance(m.engine, FastEngine):
-        m.engine.split_min_batch, m.engine.infer_chunk = 2, 3  # split and chunk even small batches
+        m.engine.split_min_batch, m.engine.chunk = 2, 3  # split and chunk even small batches
     return m
 
 
@@ -361,7 +361,7 @@ def test_inference_chunks_shrink_for_convs_with_few_filters():
     """Chunks of at most 64 images, halved (down to 8) while a conv with < 32 filters would
     unroll more than 2 MB per chunk; the rule, not a timing, so results are reproducible."""
     root = Path(__file__).parent.parent / "conf/model"
-    chunks = {name: build_model(preset(root / f"{name}.yaml")).engine.infer_chunk
+    chunks = {name: build_model(preset(root / f"{name}.yaml")).engine.chunk
               for name in ("seed", "lenet5", "keras_mnist")}
     # seed: 26x26 x (3*3*1 + 1) x 4 bytes = 27 KB an image; lenet5's first conv 28x28 x 26 x 4 = 82 KB;
     # keras_mnist's convs have 32 and 64 filters
@@ -369,4 +369,4 @@ def test_inference_chunks_shrink_for_convs_with_few_filters():
     wide5 = {"input_shape": [28, 28, 1], "layers": [{"type": "conv2d", "filters": 12, "kernel_size": 5, "padding": "same"},
                                                      {"type": "conv2d", "filters": 24, "kernel_size": 5, "padding": "same"},
                                                      {"type": "flatten"}, {"type": "dense", "units": 10}, {"type": "softmax"}]}
-    assert build_model(wide5).engine.infer_chunk == 8  # 28x28 x (5*5*12 + 1) x 4 = 944 KB an image: the floor
+    assert build_model(wide5).engine.chunk == 8  # 28x28 x (5*5*12 + 1) x 4 = 944 KB an image: the floor

@@ -2,12 +2,14 @@
 data-parallel over ``threads`` workers, each with its own stages, buffers and gradients.
 
 A training batch big enough to be worth it is cut into contiguous parts, one per worker (part 0
-in the calling thread). Dropout masks are drawn for the whole batch first, in layer order, and
+in the calling thread); a part of more than ``chunk`` images runs in pieces of ``chunk``. Dropout masks are drawn for the whole batch first, in layer order, and
 each part gets its rows; the loss is averaged over the whole batch in every part; the parts'
 gradients are summed in part order. So results do not depend on the thread count beyond float
 rounding, and a given thread count always gives the same numbers. Inference runs in chunks of
-``infer_chunk`` images, the chunks divided between the workers; softmax, loss and accuracy are
-computed once on the whole batch's logits in the calling thread.
+``chunk`` images, the chunks divided between the workers; softmax, loss and accuracy are
+computed once on the whole batch's logits in the calling thread. ``chunk`` is 64 images, fewer
+when a conv with few filters would unroll a lot per image (its products are then bound by
+reading their operands, which should stay in the core's cache).
 
 BLAS runs single-threaded inside ``compute()`` (``fit`` wraps its epochs in it; inference
 enters it itself): the workers are the parallelism.
@@ -39,8 +41,9 @@ class FastEngine:
     split_min_flops = 7e7
     #: the same three with worker processes, whose hand-off costs far less
     SPLIT_WITH_PROCESSES = (16, 2, 1e7)
-    #: images per chunk in inference (keeps temporaries near the core's cache): at most this ...
-    infer_chunk = 64
+    #: images per chunk in inference and per piece of a training part (keeps temporaries near
+    #: the core's cache): at most this ...
+    chunk = 64
     #: ... and fewer when a conv with fewer than NARROW filters (a product BLAS runs far below its
     #: speed, bound by reading its unrolled input) would unroll more than CHUNK_BYTES per chunk
     NARROW, CHUNK_BYTES, MIN_CHUNK = 32, 2 << 20, 8
@@ -60,7 +63,8 @@ class FastEngine:
         self.lock = threading.Lock()
         self.prep = None  # the stage that unrolls prepared blocks (False: the plan has none)
         self.out_shape = body[-1].output_shape if body else model.input_shape
-        self.infer_chunk = self._chunk(body)
+        self.chunk = self._chunk(body)
+        self._accs: dict[int, np.ndarray] = {}  # per worker: its pieces' gradients summed
         #: split training batches run their other parts in worker processes (procs.py), not threads
         self.processes = parallel_mode() == "processes" and procs.available() and \
             getattr(model.params, "flat", None) is not None and getattr(model.grads, "flat", None) is not None
@@ -71,7 +75,7 @@ class FastEngine:
     def _chunk(self, body: list) -> int:
         per = [l.output_shape[0] * l.output_shape[1] * (l.kh * l.kw * l.input_shape[2] + 1) * self.model.dtype.itemsize
                for l in body if type(l) is Conv2D and l.filters < self.NARROW]
-        chunk = self.infer_chunk
+        chunk = self.chunk
         while per and chunk > self.MIN_CHUNK and chunk * max(per) > self.CHUNK_BYTES:
             chunk //= 2
         return chunk
@@ -178,6 +182,30 @@ class FastEngine:
         return self._on_processes(len(ranges) - 1, (rows, rows * x[0].nbytes, rows), run)
 
     def _train_part(self, worker, x, labels, denom, raw, masks, lo, hi):
+        """Rows ``lo:hi`` of a batch (``x``, ``labels`` are those rows): ``(losses, probs,
+        dlogits, loss_sum, correct)``, the part's gradients in the worker's. A part of more
+        than ``chunk`` raw images runs in pieces of ``chunk``, their gradients summed in order."""
+        n, step, g = hi - lo, self.chunk, worker[1]
+        if n <= step or type(x) is Prepared or getattr(g, "flat", None) is None:
+            return self._train_piece(worker, x, labels, denom, raw, masks, lo, hi)
+        acc = self._accs.get(id(g))
+        if acc is None:
+            acc = self._accs[id(g)] = np.empty_like(g.flat)
+        outs = []
+        for a in range(0, n, step):
+            b = min(n, a + step)
+            out = self._train_piece(worker, x[a:b], labels[a:b], denom, raw, masks, lo + a, lo + b)
+            outs.append((out[0].copy(), out[1].copy(), out[3], out[4]))
+            if a == 0:
+                np.copyto(acc, g.flat)
+            elif b < n:
+                acc += g.flat
+            else:
+                g.flat += acc
+        return (np.concatenate([o[0] for o in outs]), np.concatenate([o[1] for o in outs]), None,
+                sum(o[2] for o in outs), sum(o[3] for o in outs))
+
+    def _train_piece(self, worker, x, labels, denom, raw, masks, lo, hi):
         stages, _ = worker
         for i, m in masks.items():
             stages[i].mask = m[lo:hi]
@@ -215,7 +243,7 @@ class FastEngine:
         model = self.model
         n = len(images)
         model.check_images(images)
-        step = max(1, min(batch_size or self.infer_chunk, self.infer_chunk))
+        step = max(1, min(batch_size or self.chunk, self.chunk))
         last = model.layers[-2].output_shape if model.loss_layer is not None and len(model.layers) > 1 \
             else model.output_shape
         logits = np.empty((n,) + tuple(last), model.dtype)
