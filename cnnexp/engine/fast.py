@@ -2,9 +2,10 @@
 data-parallel over ``threads`` workers, each with its own stages, buffers and gradients.
 
 A training batch big enough to be worth it is cut into contiguous parts, one per worker (part 0
-in the calling thread); a part of more than ``chunk`` images runs in pieces of ``chunk``. Dropout masks are drawn for the whole batch first, in layer order, and
-each part gets its rows; the loss is averaged over the whole batch in every part; the parts'
-gradients are summed in part order. So results do not depend on the thread count beyond float
+in the calling thread); a part of more than ``chunk`` images runs in pieces of ``chunk``.
+Dropout masks are drawn for the whole batch first, in layer order, and each part gets its rows;
+the loss is averaged over the whole batch in every part; the pieces' and then the parts'
+gradients are summed in order. So results do not depend on the thread count beyond float
 rounding, and a given thread count always gives the same numbers. Inference runs in chunks of
 ``chunk`` images, the chunks divided between the workers; softmax, loss and accuracy are
 computed once on the whole batch's logits in the calling thread. ``chunk`` is 64 images, fewer
