@@ -357,9 +357,10 @@ def test_which_batches_split_across_workers(monkeypatch, mode):
         assert [seed.parts(n) for n in (8, 15, 16)] == [1, 1, 2]  # too little work below 16 images
 
 
-def test_inference_chunks_shrink_for_convs_with_few_filters():
-    """Chunks of at most 64 images, halved (down to 8) while a conv with < 32 filters would
-    unroll more than 2 MB per chunk; the rule, not a timing, so results are reproducible."""
+def test_chunks_shrink_for_convs_with_few_filters():
+    """Chunks (inference) and pieces (of a training part) of at most 64 images, halved (down to
+    8) while a conv with < 32 filters would unroll more than 2 MB per chunk; the rule, not a
+    timing, so results are reproducible."""
     root = Path(__file__).parent.parent / "conf/model"
     chunks = {name: build_model(preset(root / f"{name}.yaml")).engine.chunk
               for name in ("seed", "lenet5", "keras_mnist")}
@@ -370,3 +371,16 @@ def test_inference_chunks_shrink_for_convs_with_few_filters():
                                                      {"type": "conv2d", "filters": 24, "kernel_size": 5, "padding": "same"},
                                                      {"type": "flatten"}, {"type": "dense", "units": 10}, {"type": "softmax"}]}
     assert build_model(wide5).engine.chunk == 8  # 28x28 x (5*5*12 + 1) x 4 = 944 KB an image: the floor
+
+
+def test_training_parts_run_in_pieces_of_the_chunk(monkeypatch):
+    # a part of more than `chunk` images runs in pieces; the values are checked against the
+    # reference engine by every compare_engines test (make() sets chunk = 3)
+    spec = preset(Path(__file__).parent.parent / "conf/model/lenet5.yaml", 12)
+    model = make(spec, "fast")
+    calls = []
+    piece = FastEngine._train_piece
+    monkeypatch.setattr(FastEngine, "_train_piece", lambda self, w, x, *a: calls.append(len(x)) or piece(self, w, x, *a))
+    x, y = batch(spec, 7)
+    loss_grads(model, x, y)
+    assert calls == [3, 3, 1]

@@ -25,8 +25,6 @@ from .buffers import Buffers
 #: bytes of both operands per chunk of the thin weight-gradient product (chunks that fit the
 #: core's L2 cache with room to spare ran 1.8-2.2x faster than 1 MB ones; benchmarks/NOTES.md)
 CHUNK_BYTES = 576 << 10
-
-
 #: ``dx`` pads ``dy``'s rows to the input's width (flat shifted adds, see ``_input_grad``) when
 #: that width is at most this times the output's: the product grows by the padding, the adds
 #: get far fewer, longer runs (benchmarks/NOTES.md: it paid for a 3x3 kernel on 24 columns,
@@ -198,8 +196,7 @@ class ConvStage:
         input's width: a window's shift is then one flat offset, and each offset's add is one
         contiguous run per image (the pad columns add zeros)."""
         kk, c, n = self.kh * self.kw, self.c, len(dy2) // (self.oh * self.ow)
-        (hp, wp), oh, ow = self.hpwp, self.oh, self.ow
-        flat = self.flat_dx
+        wp, oh, ow, flat = self.hpwp[1], self.oh, self.ow, self.flat_dx
         dy = self._plain(dy2, wp if flat else ow)
         wk = self.bufs.get("wk", (kk, self.f, c), dy2.dtype)
         np.copyto(wk.reshape(self.kh, self.kw, self.f, c), self.W.transpose(0, 1, 3, 2))

@@ -185,7 +185,8 @@ class FastEngine:
     def _train_part(self, worker, x, labels, denom, raw, masks, lo, hi):
         """Rows ``lo:hi`` of a batch (``x``, ``labels`` are those rows): ``(losses, probs,
         dlogits, loss_sum, correct)``, the part's gradients in the worker's. A part of more
-        than ``chunk`` raw images runs in pieces of ``chunk``, their gradients summed in order."""
+        than ``chunk`` raw images runs in pieces of ``chunk``, their gradients summed in order
+        (in a kept array per worker; ``dlogits`` is then None: no caller reads it)."""
         n, step, g = hi - lo, self.chunk, worker[1]
         if n <= step or type(x) is Prepared or getattr(g, "flat", None) is None:
             return self._train_piece(worker, x, labels, denom, raw, masks, lo, hi)
