@@ -20,6 +20,7 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from ..layers.conv import windows
+from . import winograd
 from .buffers import Buffers
 
 #: bytes of both operands per chunk of the thin weight-gradient product (chunks that fit the
@@ -88,6 +89,10 @@ class ConvStage:
         self.idx = self._take_index() if self.c == 1 else None
         #: dx by flat shifted adds (see ``_input_grad``)
         self.flat_dx = (self.sh, self.sw) == (1, 1) and self.hpwp[1] <= FLAT_MAX_WIDTH * self.ow
+        #: all three products by Winograd F(2, 3) (winograd.py) in place of the unrolled input;
+        #: not for a first stage, whose input may arrive unrolled ahead (``cols``)
+        self.wino = winograd.WinogradF23(self.kh, self.c, self.f, self.oh, self.ow, self.blocks) \
+            if not first and winograd.applies(self.kw, (self.sh, self.sw), self.ow, self.c, self.f, self.blocks) else None
 
     def _windows(self, x):
         """The kernel windows of ``x`` in ``cols`` row order: (N, OH, OW, KH, KW, C), or
@@ -138,24 +143,39 @@ class ConvStage:
                 img[:, self.pt:self.pt + h, self.pl:self.pl + w] = x.reshape(n, h, w)
             np.take(src, self.idx, axis=1, out=cols.reshape(n, -1), mode="clip")
             return cols
-        if self.padded:
-            xp = self.bufs.get("xp", (n,) + self.hpwp + (self.c,), x.dtype, zero="new")
-            xp[:, self.pt:self.pt + h, self.pl:self.pl + w, :] = x
-            x = xp
-        v = self._windows(x)
+        v = self._windows(self._padded(x))
         np.copyto(self._as_windows(cols, v.shape) if self.fold else cols.reshape(v.shape), v)
         return cols
 
+    def _padded(self, x):
+        """``x`` with its zero border (in a kept buffer), or ``x`` when there is none."""
+        if not self.padded:
+            return x
+        h, w = self.hw
+        xp = self.bufs.get("xp", (len(x),) + self.hpwp + (self.c,), x.dtype, zero="new")
+        xp[:, self.pt:self.pt + h, self.pl:self.pl + w, :] = x
+        return xp
+
+    def _layout(self, n: int) -> tuple:
+        """The output's shape: (N, OH, OW, F), or in blocks (N, PH, PW, OH/PH, OW/PW, F)."""
+        if self.blocks is None:
+            return (n, self.oh, self.ow, self.f)
+        return (n,) + self.blocks + (self.oh // self.blocks[0], self.ow // self.blocks[1], self.f)
+
     def forward(self, x, training=False, cols=None):
         """``cols``: this batch's rows of an unrolled input (``unroll`` of a larger block)."""
-        self.cols = cols = self.unroll(x) if cols is None else cols
-        n = len(cols) // (self.oh * self.ow)
-        y = self.bufs.get("y", (len(cols), self.f), cols.dtype)
-        np.matmul(cols, self.Wm, out=y)
-        if self.b is not None:
-            y += self.b
-        y = y.reshape((n, self.oh, self.ow, self.f) if self.blocks is None else
-                      (n,) + self.blocks + (self.oh // self.blocks[0], self.ow // self.blocks[1], self.f))
+        if self.wino is not None:
+            n = len(x)
+            y = self.bufs.get("y", (n * self.oh * self.ow, self.f), x.dtype).reshape(self._layout(n))
+            self.wino.forward(self._padded(x), self.W, self.Wm[-1] if self.fold else self.b, y)
+        else:
+            self.cols = cols = self.unroll(x) if cols is None else cols
+            n = len(cols) // (self.oh * self.ow)
+            y = self.bufs.get("y", (len(cols), self.f), cols.dtype)
+            np.matmul(cols, self.Wm, out=y)
+            if self.b is not None:
+                y += self.b
+            y = y.reshape(self._layout(n))
         if self.act is not None:
             self.act.forward(y)
         return self.pool.forward(y) if self.pool is not None else y
@@ -168,10 +188,24 @@ class ConvStage:
         elif self.act is not None:
             dy = self.act.backward(dy, self.bufs.get("dact", dy.shape, dy.dtype))
         dy2 = np.ascontiguousarray(dy).reshape(-1, self.f)
+        if self.wino is not None:
+            return self._winograd_backward(dy2)
         thin_matmul_tn(self.cols, dy2, self.gWm)
         if self.gb is not None:
             np.matmul(np.ones(len(dy2), dy2.dtype), dy2, out=self.gb)
         return None if self.first else self._input_grad(dy2)
+
+    def _winograd_backward(self, dy2):
+        n = len(dy2) // (self.oh * self.ow)
+        gW = self.gWm[:self.k].reshape(self.kh, self.kw, self.c, self.f)
+        dxp = None if self.first else self.bufs.get("dxp", (n,) + self.hpwp + (self.c,), dy2.dtype)
+        self.wino.backward(dy2.reshape(self._layout(n)), gW, self.gWm[self.k] if self.fold else self.gb, dxp)
+        return None if dxp is None else self._crop(dxp)
+
+    def _crop(self, dxp):
+        """The padded input's gradient without its border (a view)."""
+        h, w = self.hw
+        return dxp[:, self.pt:self.pt + h, self.pl:self.pl + w, :] if self.padded else dxp
 
     def _plain(self, dy2, width: int):
         """``dy2`` as (N, OH, width, F) in plain row order (a blocked one put back), each row
@@ -214,5 +248,4 @@ class ConvStage:
             for i in range(self.kh):
                 for j in range(self.kw):
                     dxp[:, i:i + sh * oh:sh, j:j + sw * ow:sw, :] += t[i * self.kw + j]
-        h, w = self.hw
-        return dxp[:, self.pt:self.pt + h, self.pl:self.pl + w, :] if self.padded else dxp
+        return self._crop(dxp)
