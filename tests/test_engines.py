@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from cnnexp.engine import FastEngine, ReferenceEngine, available_cores
-from cnnexp.engine import feed
+from cnnexp.engine import feed, winograd
 from cnnexp.engine.compile import group
 from cnnexp.errors import ConfigError
 from cnnexp.layers.base import Layer
@@ -206,6 +206,36 @@ def test_input_gradient_paths_match_the_reference(k, stride, padding, pool, flat
     stages = make(spec, "fast").engine._workers(1)[0][0]
     assert stages[1].flat_dx is flat and (stages[1].blocks is not None) is (pool is not None and stride == 1)
     compare_engines(spec, n=5, threads=(1, 2), batch_size=2)
+
+
+@pytest.mark.parametrize("kernel,padding,pool,bias,act", [
+    (3, "valid", "maxpool2d", True, "relu"), (3, "same", None, False, "relu"), (3, "valid", "avgpool2d", True, "tanh"),
+    ([5, 3], "same", None, True, "sigmoid"), ([1, 3], "valid", "maxpool2d", False, "relu")])
+def test_winograd_convs_match_the_reference(kernel, padding, pool, bias, act, monkeypatch):
+    # the second conv (32 -> 32 channels, three kernel columns, stride 1) runs all three products
+    # by Winograd F(2, 3); one image per chunk, so batches and pieces span several chunks
+    monkeypatch.setattr(winograd, "CHUNK_ROWS", 1)
+    conv2 = {**_conv(32, kernel, 1, padding), "bias": bias}
+    layers = [_conv(32), {"type": "relu"}, conv2, {"type": act}] + ([{"type": pool, "pool": 2}] if pool else [])
+    spec = {"input_shape": [10, 10, 1], "layers": layers + [
+        {"type": "flatten"}, {"type": "dense", "units": 3}, {"type": "softmax"}]}
+    stages = make(spec, "fast").engine._workers(1)[0][0]
+    assert stages[0].wino is None and stages[1].wino is not None and stages[1].wino.chunk == 1
+    assert stages[1].wino.blocked is (pool is not None) and (stages[1].fold or not bias)
+    compare_engines(spec, n=5, threads=(1, 2), batch_size=2)
+
+
+@pytest.mark.parametrize("c,f,k,size,first", [(16, 32, 3, 10, False), (32, 32, 2, 10, False), (32, 32, 3, 11, False),
+                                              (32, 32, 3, 10, True)])
+def test_winograd_only_where_it_was_measured_to_win(c, f, k, size, first):
+    # fewer than 16 x 64 / 32 x 32 channels x filters, two kernel columns, an odd output width, a
+    # first conv (its input may come unrolled ahead): the unrolled product
+    layers = [] if first else [_conv(c), {"type": "relu"}]
+    spec = {"input_shape": [size, size, c if first else 1], "layers": layers + [_conv(f, k), {"type": "relu"},
+            {"type": "flatten"}, {"type": "dense", "units": 3}, {"type": "softmax"}]}
+    stages = make(spec, "fast").engine._workers(1)[0][0]
+    assert stages[0 if first else 1].wino is None
+    assert winograd.applies(3, (1, 1), 8, 32, 32, None) and winograd.applies(3, (1, 1), 8, 16, 64, (2, 2))
 
 
 @pytest.mark.parametrize("seed", RANDOM[:4])
