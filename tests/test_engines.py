@@ -219,9 +219,14 @@ def test_winograd_convs_match_the_reference(kernel, padding, pool, bias, act, mo
     layers = [_conv(32), {"type": "relu"}, conv2, {"type": act}] + ([{"type": pool, "pool": 2}] if pool else [])
     spec = {"input_shape": [10, 10, 1], "layers": layers + [
         {"type": "flatten"}, {"type": "dense", "units": 3}, {"type": "softmax"}]}
-    stages = make(spec, "fast").engine._workers(1)[0][0]
+    fast = make(spec, "fast")
+    stages = fast.engine._workers(1)[0][0]
     assert stages[0].wino is None and stages[1].wino is not None and stages[1].wino.chunk == 1
     assert stages[1].wino.blocked is (pool is not None) and (stages[1].fold or not bias)
+    x, y = batch(spec, n=2)
+    for n, used in ((2, True), (1, False)):  # one image: the unrolled product (MIN_IMAGES)
+        fast.engine.train(x[:n], y[:n], raw=True)
+        assert stages[1].winograd is used
     compare_engines(spec, n=5, threads=(1, 2), batch_size=2)
 
 

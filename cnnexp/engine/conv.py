@@ -164,7 +164,8 @@ class ConvStage:
 
     def forward(self, x, training=False, cols=None):
         """``cols``: this batch's rows of an unrolled input (``unroll`` of a larger block)."""
-        if self.wino is not None:
+        self.winograd = self.wino is not None and cols is None and len(x) >= winograd.MIN_IMAGES
+        if self.winograd:
             n = len(x)
             y = self.bufs.get("y", (n * self.oh * self.ow, self.f), x.dtype).reshape(self._layout(n))
             self.wino.forward(self._padded(x), self.W, self.Wm[-1] if self.fold else self.b, y)
@@ -188,7 +189,7 @@ class ConvStage:
         elif self.act is not None:
             dy = self.act.backward(dy, self.bufs.get("dact", dy.shape, dy.dtype))
         dy2 = np.ascontiguousarray(dy).reshape(-1, self.f)
-        if self.wino is not None:
+        if self.winograd:
             return self._winograd_backward(dy2)
         thin_matmul_tn(self.cols, dy2, self.gWm)
         if self.gb is not None:

@@ -35,6 +35,8 @@ CHUNK_ROWS = 1152
 #: fewest input channels, filters, and channels x filters for which the path is used (it lost
 #: where the products are small against the transforms' array passes)
 MIN_CHANNELS, MIN_FILTERS, MIN_CHANNELS_X_FILTERS = 16, 32, 1024
+#: fewest images in a call (one image: the transforms' many small passes cost more than they save)
+MIN_IMAGES = 2
 
 
 def applies(kw: int, strides: tuple, ow: int, c: int, f: int, blocks) -> bool:
