@@ -243,6 +243,27 @@ def test_winograd_only_where_it_was_measured_to_win(c, f, k, size, first):
     assert winograd.applies(3, (1, 1), 8, 32, 32, None) and winograd.applies(3, (1, 1), 8, 16, 64, (2, 2))
 
 
+def test_relu_after_a_max_pool_gives_windows_with_max_0_no_gradient():
+    # the fast engine runs relu after the max-pool; a window whose max is exactly 0 from nonzero
+    # inputs (x0 + x1 = 1 - 1) must get no gradient, as relu before the pool gives it (all four
+    # tie at 0, each times relu'(0) = 0)
+    spec = {"input_shape": [4, 4, 2], "layers": [
+        {"type": "conv2d", "filters": 2, "kernel_size": 1, "bias": False}, {"type": "relu"},
+        {"type": "maxpool2d", "pool": 2}, {"type": "flatten"}, {"type": "dense", "units": 3}, {"type": "softmax"}]}
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 3, (3, 4, 4, 2), dtype=np.uint8)
+    x[:, :2, :2] = [2, 0]  # x0 + x1 = 0 in every pixel of the first window (shift -1)
+    y = np.array([0, 1, 2])
+    grads = []
+    for engine in ("reference", "fast"):
+        m = build_model(spec, seed=0, dtype="float64", scale=1, shift=-1, engine=engine, threads=1)
+        m.layers[0].params["W"][...] = [[[[1.0, 0.5], [1.0, -0.5]]]]
+        assert engine == "reference" or m.engine._workers(1)[0][0][0].act_last
+        grads.append(loss_grads(m, x, y)[1])
+    for k in grads[0]:
+        assert_close(grads[1][k], grads[0][k], k)
+
+
 @pytest.mark.parametrize("seed", RANDOM[:4])
 def test_inputs_prepared_in_blocks_same_as_reference(seed, monkeypatch):
     # blocks of 4 images: several per epoch, batches that straddle none, a short last block

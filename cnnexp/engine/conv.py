@@ -77,6 +77,9 @@ class ConvStage:
         self.b, self.gb = (None, None) if self.fold else (b, gb)
         self.width = self.k + self.fold
         self.act, self.pool, self.first = act, pool, first
+        #: a relu followed by a max-pool runs after the pool: the same values (relu is monotone)
+        #: and gradients (0 wherever a window's max is <= 0), on 1/(PH*PW) of the values
+        self.act_last = act is not None and act.kind == "relu" and pool is not None and pool.kind == "max"
         # a pool with strides (sh, sw) reads the conv output in blocks (phases): rows of ``cols``
         # (and of the output) are ordered (n, a, b, oh/sh, ow/sw), output position
         # (u * sh + a, v * sw + b) in block (a, b). A window offset of the pool is then a slice
@@ -177,14 +180,19 @@ class ConvStage:
             if self.b is not None:
                 y += self.b
             y = y.reshape(self._layout(n))
-        if self.act is not None:
+        if self.act is not None and not self.act_last:
             self.act.forward(y)
-        return self.pool.forward(y) if self.pool is not None else y
+        if self.pool is None:
+            return y
+        out = self.pool.forward(y)
+        return self.act.forward(out) if self.act_last else out
 
     def backward(self, dy):
         if self.pool is not None:
+            if self.act_last:
+                dy = self.act.backward(dy, self.bufs.get("dpooled", dy.shape, dy.dtype))
             dy = self.pool.backward(dy)  # a buffer of the pool's: the activation may write into it
-            if self.act is not None:
+            if self.act is not None and not self.act_last:
                 dy = self.act.backward(dy, dy)
         elif self.act is not None:
             dy = self.act.backward(dy, self.bufs.get("dact", dy.shape, dy.dtype))
