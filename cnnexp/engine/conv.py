@@ -12,6 +12,10 @@ Backward: pooling and activation gradients into kept buffers, ``dW = cols.T @ dy
 cache-sized row chunks when ``cols`` is thin), and ``dx`` as one batched product per kernel
 offset plus one shifted add per offset (a ``dy`` in blocks is put back in plain order first:
 a cheap copy, after which the adds run over rows of ``OW * C`` values rather than ``C``).
+
+A stride-1 conv with three kernel columns and many channels and filters runs all three products
+by Winograd F(2, 3) along the width instead (``winograd.py``; ``winograd.applies`` says which).
+A relu followed by a max-pool is applied after the pool (the same values and gradients).
 """
 
 from __future__ import annotations
