@@ -46,6 +46,10 @@ def applies(kw: int, strides: tuple, ow: int, c: int, f: int, blocks) -> bool:
 
 
 class WinogradF23:
+    """The products of one conv stage (KH x 3 kernel, C -> F channels, output OH x OW, stride 1)
+    with their buffers. ``forward`` takes the padded input (N, OH + KH - 1, OW + 2, C) and
+    weights (KH, 3, C, F); ``backward`` reads the transformed input and weights it kept."""
+
     def __init__(self, kh: int, c: int, f: int, oh: int, ow: int, blocks):
         self.kh, self.c, self.f, self.oh, self.ow = kh, c, f, oh, ow
         self.blocked = blocks is not None
