@@ -211,9 +211,9 @@ class ConvStage:
     def _winograd_backward(self, dy2):
         n = len(dy2) // (self.oh * self.ow)
         gW = self.gWm[:self.k].reshape(self.kh, self.kw, self.c, self.f)
-        dxp = None if self.first else self.bufs.get("dxp", (n,) + self.hpwp + (self.c,), dy2.dtype)
+        dxp = self.bufs.get("dxp", (n,) + self.hpwp + (self.c,), dy2.dtype)  # never a first stage
         self.wino.backward(dy2.reshape(self._layout(n)), gW, self.gWm[self.k] if self.fold else self.gb, dxp)
-        return None if dxp is None else self._crop(dxp)
+        return self._crop(dxp)
 
     def _crop(self, dxp):
         """The padded input's gradient without its border (a view)."""

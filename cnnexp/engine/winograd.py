@@ -119,7 +119,8 @@ class WinogradF23:
 
     def backward(self, dy, gW, gb, dxp):
         """``gW`` (KH, 3, C, F) and ``gb`` (F,) or None from ``dy`` (laid out as the output);
-        the input gradient into ``dxp`` (the padded input's shape) unless it is None."""
+        the input gradient into ``dxp`` (the padded input's shape). Never a first stage's, so
+        there is always an input gradient to compute."""
         n, r, dt = len(dy), self.rows, dy.dtype
         DM = self.bufs.get("DM", (4, self.chunk * r, self.f), dt)
         dU = self.bufs.get("dU", (4, self.k, self.f), dt)
@@ -127,9 +128,8 @@ class WinogradF23:
         ones = self.bufs.get("ones", (self.chunk * r,), dt, fill=lambda a: a.fill(1))
         if gb is not None:
             gb[...] = 0
-        if dxp is not None:
-            dV = self.bufs.get("dV", (4, self.chunk * r, self.k), dt)
-            dd = self.bufs.get("dd", (2, self.chunk * r, self.k), dt)
+        dV = self.bufs.get("dV", (4, self.chunk * r, self.k), dt)
+        dd = self.bufs.get("dd", (2, self.chunk * r, self.k), dt)
         for a in range(0, n, self.chunk):
             e = min(n, a + self.chunk)
             m = (e - a) * r
@@ -145,8 +145,7 @@ class WinogradF23:
                 dU += dUc
             if gb is not None:
                 gb += ones[:m] @ D[1]
-            if dxp is not None:
-                self._input_grad(D, dV[:, :m], dd[:, :m], dxp[a:e])
+            self._input_grad(D, dV[:, :m], dd[:, :m], dxp[a:e])
         dU = dU.reshape(4, self.kh, self.c, self.f)
         s = np.add(dU[1], dU[2], out=dUc.reshape(4, self.kh, self.c, self.f)[0])
         s *= 0.5
