@@ -4,6 +4,8 @@ of arrays (``state_dict``), so checkpoints stay plain ``.npz`` data."""
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 
 from .registry import OPTIMIZERS
@@ -24,7 +26,10 @@ class Optimizer:
         self.state: dict[str, np.ndarray] = {}
         self.t = 0
 
-    def step(self, params: dict[str, np.ndarray], grads: dict[str, np.ndarray]) -> None:
+    def step(self, params: dict[str, np.ndarray], grads: dict[str, np.ndarray], run=None) -> None:
+        """Update ``params`` in place from ``grads``. ``run``, when given, calls a list of
+        argument-free callables, possibly at the same time on several threads (the engine's
+        ``run``); an optimizer may use it for independent parts of its update."""
         self.t += 1
         for k, p in params.items():
             self.update(k, p, grads[k])
@@ -49,34 +54,46 @@ class SGD(Optimizer):
     def __init__(self, lr: float, weight_decay: float = 0.0):
         super().__init__(lr)
         self.weight_decay = _check("weight_decay", weight_decay)
-        self._tmp = None
+        self._tmps: dict[int, np.ndarray] = {}  # per flat part: one piece's lr * g
 
-    def step(self, params, grads):
+    def step(self, params, grads, run=None):
         pf, gf = getattr(params, "flat", None), getattr(grads, "flat", None)
         if pf is None or gf is None or pf.shape != gf.shape:
             return super().step(params, grads)
-        # a model's params and grads are views of two flat arrays: one update for all of them
+        # a model's params and grads are views of two flat arrays: one update for all of them,
+        # in two halves through ``run`` when there are enough values (element-wise: the same numbers)
         self.t += 1
-        self.update(None, pf, gf)
+        if run is None or pf.size < self.split_min:
+            return self._flat(pf, gf, 0)
+        mid = pf.size // 2 // self.chunk * self.chunk
+        run([partial(self._flat, pf[:mid], gf[:mid], 0), partial(self._flat, pf[mid:], gf[mid:], 1)])
 
     #: values per piece of a flat update: ``lr * g`` of one piece is still in cache for the
     #: subtract (measured on keras_mnist's 1.2M parameters: 0.54 ms against 0.87 ms for two
     #: whole-array passes; the same values)
     chunk = 1 << 16
+    #: fewest values whose update ``step`` splits in two through ``run``
+    split_min = 1 << 18
 
     def update(self, key, p, g):
+        if key is None:
+            return self._flat(p, g, 0)
+        if self.weight_decay:  # one parameter array (a model without flat buffers)
+            g = g + self.weight_decay * p
+        tmp = np.empty_like(p)
+        np.multiply(g, p.dtype.type(self.lr), out=tmp, casting="unsafe")
+        p -= tmp
+
+    def _flat(self, p, g, part: int) -> None:
+        """``p -= lr * (g + weight_decay * p)`` on flat arrays, in pieces, with part
+        ``part``'s own temporary (two parts may run at once)."""
         if self.weight_decay:
             g = g + self.weight_decay * p
         lr = p.dtype.type(self.lr)
-        if key is not None:  # one parameter array (a model without flat buffers)
-            tmp = np.empty_like(p)
-            np.multiply(g, lr, out=tmp, casting="unsafe")
-            p -= tmp
-            return
         size = min(p.size, self.chunk)
-        tmp = self._tmp
+        tmp = self._tmps.get(part)
         if tmp is None or tmp.size != size or tmp.dtype != p.dtype:
-            tmp = self._tmp = np.empty(size, p.dtype)
+            tmp = self._tmps[part] = np.empty(size, p.dtype)
         if size == p.size:  # one piece (the seed net: no per-piece overhead at batch 1)
             np.multiply(g, lr, out=tmp, casting="unsafe")
             p -= tmp

@@ -10,9 +10,11 @@ the epoch, the running sums and the generator states in the TrainState and raise
 
 from __future__ import annotations
 
+import inspect
 import math
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Callable
 
 import numpy as np
@@ -90,6 +92,15 @@ def fit(model: Model, optimizer: Optimizer, splits, *, epochs: int, batch_size: 
                            tracker, progress, state, on_epoch_end, schedule, callbacks)
 
 
+def _step(model, optimizer):
+    """``optimizer.step``, given the engine's ``run`` (its update may then use a second core
+    while a step runs unsplit) when both have one."""
+    run = getattr(model.engine, "run", None)
+    if run is None or "run" not in inspect.signature(optimizer.step).parameters:
+        return optimizer.step
+    return partial(optimizer.step, run=run)
+
+
 def _fit_epochs(model, optimizer, splits, epochs, batch_size, seed, log_every, eval_batch_size, tracker,
                 progress, state, on_epoch_end, schedule, callbacks):
     images, labels = splits.train
@@ -99,7 +110,7 @@ def _fit_epochs(model, optimizer, splits, epochs, batch_size, seed, log_every, e
     scheduled = schedule is not None and not schedule.constant
     # the hot loop: bound methods and functions looked up once (images stay uint8 until a
     # batch is formed; Model.train_step converts just that batch)
-    train_step, step, params, isfinite, stop = model.train_step, optimizer.step, model.params, math.isfinite, _stop
+    train_step, step, params, isfinite, stop = model.train_step, _step(model, optimizer), model.params, math.isfinite, _stop
     live, update = progress.live, progress.update
     for epoch in range(state.epoch, epochs):
         progress.epoch_start(epoch, epochs, n)

@@ -16,15 +16,19 @@ a cheap copy, after which the adds run over rows of ``OW * C`` values rather tha
 A stride-1 conv with three kernel columns and many channels and filters runs all three products
 by Winograd F(2, 3) along the width instead (``winograd.py``; ``winograd.applies`` says which).
 A relu followed by a max-pool is applied after the pool (the same values and gradients).
+In an unsplit training step a big weight gradient runs on the engine's helper thread while
+this stage goes on with the input gradient (``helper.py``).
 """
 
 from __future__ import annotations
+
+from functools import partial
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from ..layers.conv import windows
-from . import winograd
+from . import helper, winograd
 from .buffers import Buffers
 
 #: bytes of both operands per chunk of the thin weight-gradient product (chunks that fit the
@@ -98,6 +102,8 @@ class ConvStage:
         self.flat_dx = (self.sh, self.sw) == (1, 1) and self.hpwp[1] <= FLAT_MAX_WIDTH * self.ow
         #: all three products by Winograd F(2, 3) (winograd.py) in place of the unrolled input;
         #: not for a first stage, whose input may arrive unrolled ahead (``cols``)
+        #: a ``helper.Helper`` the engine gives worker 0's stages: a big weight gradient runs there
+        self.helper = None
         self.wino = winograd.WinogradF23(self.kh, self.c, self.f, self.oh, self.ow, self.blocks) \
             if not first and winograd.applies(self.kw, (self.sh, self.sw), self.ow, self.c, self.f, self.blocks) else None
 
@@ -203,10 +209,17 @@ class ConvStage:
         dy2 = np.ascontiguousarray(dy).reshape(-1, self.f)
         if self.winograd:
             return self._winograd_backward(dy2)
-        thin_matmul_tn(self.cols, dy2, self.gWm)
+        h = self.helper
+        if h is not None and h.active and helper.worth(self.cols.size * self.f):
+            h.submit(partial(self._weight_grad, self.cols, dy2))  # joined before the step returns
+        else:
+            self._weight_grad(self.cols, dy2)
+        return None if self.first else self._input_grad(dy2)
+
+    def _weight_grad(self, cols, dy2):
+        thin_matmul_tn(cols, dy2, self.gWm)
         if self.gb is not None:
             np.matmul(np.ones(len(dy2), dy2.dtype), dy2, out=self.gb)
-        return None if self.first else self._input_grad(dy2)
 
     def _winograd_backward(self, dy2):
         n = len(dy2) // (self.oh * self.ow)

@@ -12,6 +12,9 @@ computed once on the whole batch's logits in the calling thread. ``chunk`` is 64
 when a conv with few filters would unroll a lot per image (its products are then bound by
 reading their operands, which should stay in the core's cache).
 
+A batch too small to split runs in the calling thread, with a helper thread (``helper.py``)
+taking its big weight gradients and half of the optimizer's update.
+
 BLAS runs single-threaded inside ``compute()`` (``fit`` wraps its epochs in it; inference
 enters it itself): the workers are the parallelism.
 """
@@ -19,6 +22,7 @@ enters it itself): the workers are the parallelism.
 from __future__ import annotations
 
 import threading
+from contextlib import contextmanager, nullcontext
 
 import numpy as np
 
@@ -27,9 +31,11 @@ from ..layers.conv import Conv2D
 from .compile import build_stages, group, train_flops
 from .conv import ConvStage
 from .feed import Prepared, block_images
-from .loss import softmax_probs, softmax_xent
+from .helper import Helper
+from .infer import infer
+from .loss import softmax_xent
 from . import procs
-from .threads import blas_threads, parallel_mode, resolve_threads, run_parts, split_rows
+from .threads import blas_threads, fine_switching, parallel_mode, resolve_threads, run_parts, split_rows
 
 
 class FastEngine:
@@ -70,6 +76,9 @@ class FastEngine:
         self.processes = parallel_mode() == "processes" and procs.available() and \
             getattr(model.params, "flat", None) is not None and getattr(model.grads, "flat", None) is not None
         self.procs = procs.Workers(self) if self.processes else None
+        #: a second thread for an unsplit training step's weight gradients and update (helper.py)
+        self.helper = Helper() if self.threads >= 2 else None
+        self._computing = 0  # depth of ``compute()`` stretches
         if self.processes:
             self.split_min_batch, self.split_min_images, self.split_min_flops = self.SPLIT_WITH_PROCESSES
 
@@ -85,16 +94,32 @@ class FastEngine:
         """The first ``k`` workers' ``(stages, grads)``; worker 0 writes the model's gradients."""
         while len(self.workers) < k:
             g = self.model.grads if not self.workers else self.model.new_grads()
-            self.workers.append((build_stages(self.groups, g), g))
+            stages = build_stages(self.groups, g)
+            if not self.workers:  # worker 0 runs in the calling thread, beside the helper
+                for st in stages:
+                    if hasattr(st, "helper"):
+                        st.helper = self.helper
+            self.workers.append((stages, g))
         return self.workers[:k]
 
+    @contextmanager
     def compute(self):
-        return blas_threads(1)
+        """A stretch of engine calls: BLAS single-threaded and, with a helper thread, Python's
+        switch interval short throughout (set around each step's hand-offs instead, keras_mnist at
+        batch 1 gained 1.13x over no helper instead of 1.33x; benchmarks/NOTES.md, session 7)."""
+        self._computing += 1
+        try:
+            with blas_threads(1), (fine_switching() if self.helper is not None else nullcontext()):
+                yield
+        finally:
+            self._computing -= 1
 
     def close(self) -> None:
-        """Stop the worker processes (forked again when needed)."""
+        """Stop the worker processes and the helper thread (started again when needed)."""
         if self.procs is not None:
             self.procs.stop()
+        if self.helper is not None:
+            self.helper.stop()
 
     def parts(self, n: int) -> int:
         if self.threads <= 1 or n < 2 or not self.splittable:
@@ -141,9 +166,12 @@ class FastEngine:
         n = len(x)
         k = self.parts(n) if type(x) is not Prepared else 1
         with self.lock:
+            if self.helper is not None:
+                self.helper.active = k == 1
             if k == 1:  # the whole batch in this thread
                 w = self.workers[0] if self.workers else self._workers(1)[0]
-                r = self._train_part(w, x, labels, n, raw, self._masks(n) if self.dropouts else {}, 0, n)
+                with fine_switching() if self.helper is not None and not self._computing else nullcontext():
+                    r = self._train_part(w, x, labels, n, raw, self._masks(n) if self.dropouts else {}, 0, n)
                 return r[0], r[1], r[3], r[4]
             ranges = split_rows(n, k)
             masks = self._masks(n)
@@ -221,9 +249,22 @@ class FastEngine:
             x = st.forward(x, True)
         out = softmax_xent(x, labels, denom)
         g = out[2]
-        for st in reversed(stages):
-            g = st.backward(g)
+        try:
+            for st in reversed(stages):
+                g = st.backward(g)
+        finally:
+            if self.helper is not None:
+                self.helper.join()  # weight gradients handed to the helper are complete
         return out
+
+    def run(self, fns: list) -> None:
+        """Call every one of ``fns`` (no arguments), on two threads when the last training
+        step ran unsplit (the other core is then free): the optimizer's update in halves."""
+        if self.helper is None:
+            for fn in fns:
+                fn()
+        else:
+            self.helper.run(fns)
 
     @staticmethod
     def _sum_grads(grads: list[dict]) -> None:
@@ -239,43 +280,8 @@ class FastEngine:
 
     # -- inference ------------------------------------------------------------------------
     def infer(self, images, labels=None, out=None, batch_size=None):
-        """Forward of raw ``images`` in chunks; probabilities into ``out`` when given;
-        returns ``(loss_sum, correct)`` when ``labels`` are given, else ``(0.0, 0)``."""
-        model = self.model
-        n = len(images)
-        model.check_images(images)
-        step = max(1, min(batch_size or self.chunk, self.chunk))
-        last = model.layers[-2].output_shape if model.loss_layer is not None and len(model.layers) > 1 \
-            else model.output_shape
-        logits = np.empty((n,) + tuple(last), model.dtype)
-        nchunks = -(-n // step)
-        with self.lock, self.compute():
-            ranges = split_rows(nchunks, min(self.threads, nchunks))
-            bounds = [(lo * step, min(hi * step, n)) for lo, hi in ranges]
-            if self.processes and len(ranges) > 1 and images.dtype.str in procs.DTYPES:
-                self._infer_on_processes(images, logits, bounds, step)
-            else:
-                workers = self._workers(len(ranges))
-                run_parts(self._infer_part, [(w, images, logits, a, b, step) for w, (a, b) in zip(workers, bounds)])
-        if model.loss_layer is None:
-            if out is not None:
-                out[...] = logits
-            return 0.0, 0
-        if labels is None:
-            p = softmax_probs(logits)
-            if out is not None:
-                out[...] = p
-            return 0.0, 0
-        _, p, _, loss_sum, correct = softmax_xent(logits, labels, 1) if n else (None, logits, None, 0.0, 0)
-        if out is not None:
-            out[...] = p
-        return loss_sum, correct
-
-    def _infer_on_processes(self, images, logits, bounds, step):
-        w0 = self._workers(1)[0]
-        rows = max(b - a for a, b in bounds)
-        self._on_processes(len(bounds) - 1, (rows, rows * images[0].nbytes, 0), lambda ws: procs.infer_on_workers(
-            ws, images, logits, bounds, step, lambda: self._infer_part(w0, images, logits, *bounds[0], step)))
+        """See ``infer.infer``."""
+        return infer(self, images, labels, out, batch_size)
 
     def _infer_part(self, worker, images, logits, lo, hi, step):
         stages, _ = worker

@@ -4,8 +4,11 @@ arrays of the worker's gradient dict it was given."""
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 
+from . import helper
 from .buffers import Buffers
 from .ops import ActOp
 
@@ -17,6 +20,7 @@ class DenseStage:
         self.W, self.b = dense.params["W"], dense.params.get("b")
         self.gW, self.gb = grads[f"{dense.name}.W"], grads.get(f"{dense.name}.b")
         self.act, self.first = act, first
+        self.helper = None  # as ConvStage.helper
         self.bufs = Buffers()
 
     def forward(self, x, training=False):
@@ -29,7 +33,15 @@ class DenseStage:
     def backward(self, dy):
         if self.act is not None:
             dy = self.act.backward(dy, self.bufs.get("dact", dy.shape, dy.dtype))
-        x, gWt = self.x, self.gW.T  # gWt is C-contiguous when W is stored column-major
+        h = self.helper
+        if h is not None and h.active and helper.worth(self.gW.size * len(dy), self.gW.size if len(dy) == 1 else 0):
+            h.submit(partial(self._weight_grad, self.x, dy))  # joined before the step returns
+        else:
+            self._weight_grad(self.x, dy)
+        return None if self.first else np.matmul(dy, self.W.T)
+
+    def _weight_grad(self, x, dy):
+        gWt = self.gW.T  # C-contiguous when W is stored column-major
         if len(dy) == 1:  # an outer product: cheaper than a BLAS call
             np.multiply(dy.T, x, out=gWt)
             if self.gb is not None:
@@ -38,7 +50,6 @@ class DenseStage:
             np.matmul(dy.T, x, out=gWt)
             if self.gb is not None:
                 np.matmul(np.ones(len(dy), dy.dtype), dy, out=self.gb)
-        return None if self.first else np.matmul(dy, self.W.T)
 
 
 class OpStage:
