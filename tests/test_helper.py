@@ -138,3 +138,29 @@ def test_the_switch_interval_is_restored_after_fit(everything_to_the_helper):
     assert sys.getswitchinterval() == before
     model.train_step(x[:1], y[:1])  # a step outside fit: restored after it too
     assert sys.getswitchinterval() == before
+
+
+def test_the_guard_keeps_the_faster_mode_and_probes_the_other():
+    now = [0.0]
+    h = Helper(clock=lambda: now[0])
+    h.PROBE_EVERY, h.PROBE_STEPS = 4, 2
+
+    def run(steps, cost):  # cost[mode]: a step's time with / without the helper
+        modes = []
+        for _ in range(steps):
+            h.step(True)
+            modes.append(h.active)
+            now[0] += cost[h.active]
+        return modes
+
+    on, off = True, False
+    # the helper faster: 4 steps with it, a probe of 2 without, and so on
+    assert run(12, {on: 1.0, off: 2.0}) == [on] * 4 + [off] * 2 + [on] * 4 + [off] * 2
+    # the helper slower from now on: after this cycle, steps run without it and probe it
+    assert run(12, {on: 3.0, off: 1.0}) == [on] * 4 + [off] * 2 + [off] * 4 + [on] * 2
+    assert h.use is False
+    h.step(False)  # a split batch: never the helper, and not timed
+    assert h.active is False
+    now[0] += 100.0
+    assert run(6, {on: 1.0, off: 2.0}) == [off] * 4 + [on] * 2
+    assert run(1, {on: 1.0, off: 2.0}) == [on] and h.use is True

@@ -167,7 +167,7 @@ class FastEngine:
         k = self.parts(n) if type(x) is not Prepared else 1
         with self.lock:
             if self.helper is not None:
-                self.helper.active = k == 1
+                self.helper.step(k == 1)
             if k == 1:  # the whole batch in this thread
                 w = self.workers[0] if self.workers else self._workers(1)[0]
                 with fine_switching() if self.helper is not None and not self._computing else nullcontext():

@@ -16,6 +16,7 @@ waiting for the GIL between two kernels gets it soon.
 from __future__ import annotations
 
 import threading
+import time
 from queue import SimpleQueue
 
 #: a weight gradient goes to the helper when its estimated time reaches this (seconds): about
@@ -34,17 +35,50 @@ def worth(macs: float, writes: float = 0.0) -> bool:
 
 class Helper:
     """One daemon thread running submitted callables in order. ``active`` says whether the
-    current step may use it (the engine sets it per training call: only an unsplit batch
-    does, the cores are busy with the parts of a split one)."""
+    current step may use it: the engine sets it per training call (``step``), only for an
+    unsplit batch (the cores are busy with the parts of a split one) and only while steps with
+    the helper run faster than without.
 
-    def __init__(self):
+    That last check is a guard: on this VM a full benchmark once measured keras_mnist at batch 1
+    at 271-291 img/s with the helper in two of three rounds (727 in the third; 600-800 in every
+    run before and after, alone or beside a busy core), which two cores that hand work to each
+    other every few hundred microseconds can suffer when the host is busy. So ``step`` times
+    every unsplit step (start to next start: the update and the loop included) and, every
+    ``PROBE_EVERY`` steps, runs ``PROBE_STEPS`` in the other mode; the next stretch uses
+    whichever mode had the lower median. The numbers are the same either way."""
+
+    PROBE_EVERY, PROBE_STEPS = 400, 20
+
+    def __init__(self, clock=time.perf_counter):
         self.active = False
+        self.use = True  # the mode the guard prefers now
+        self._clock, self._last, self._n = clock, None, 0
+        self._times: dict[bool, list] = {True: [], False: []}
         self.jobs = 0  # callables run so far (tests read it)
         self._todo: SimpleQueue = SimpleQueue()
         self._done = threading.Semaphore(0)
         self._pending = 0
         self._error: BaseException | None = None
         self._thread: threading.Thread | None = None  # started at the first submit
+
+    def step(self, unsplit: bool) -> None:
+        """Called at the start of every training step: set ``active`` for it."""
+        now = self._clock()
+        if not unsplit:
+            self.active, self._last = False, None
+            return
+        if self._last is not None:  # the previous unsplit step's time, to its mode
+            t = self._times[self.active]
+            t.append(now - self._last)
+            del t[:-self.PROBE_STEPS]
+        self._last = now
+        k = self._n % (self.PROBE_EVERY + self.PROBE_STEPS)
+        if k == 0 and self._n:  # the preferred mode ran, then a probe of the other: choose
+            on, off = (sorted(self._times[m]) for m in (True, False))
+            if len(on) == len(off) == self.PROBE_STEPS:
+                self.use = on[len(on) // 2] <= off[len(off) // 2]
+        self._n += 1
+        self.active = self.use if k < self.PROBE_EVERY else not self.use
 
     def _loop(self) -> None:
         while True:
