@@ -336,7 +336,15 @@ def environment() -> dict:
     return {"date": dt.datetime.now().isoformat(timespec="seconds"), "machine": platform.machine(),
             "cpu": _cpu_name(), "cores": os.cpu_count(), "python": platform.python_version(),
             "numpy": numpy.__version__, "blas": blas, "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE"),
-            "cnnexp_threads": CORES}
+            "cnnexp_threads": CORES, "load_start": _load()}
+
+
+def _load() -> float | None:
+    """The machine's 1-minute load average (None where the OS does not tell)."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
 
 
 def _cpu_name() -> str:
@@ -369,8 +377,8 @@ def ratio(res: dict, key: str):
 def table(res: dict) -> str:
     env = res["env"]
     blas = env["blas"][0] if env["blas"] else {}
-    lines = [f"Measured {env['date']} on {env['cpu']} ({env['cores']} cores, {CORES} usable by this process; "
-             "the machine is shared: other processes were running), "
+    load = f"1-minute load average {env.get('load_start')} at the start, {env.get('load_end')} at the end, this run included"
+    lines = [f"Measured {env['date']} on {env['cpu']} ({env['cores']} cores, {CORES} usable by this process; {load}), "
              f"Python {env['python']}, numpy {env['numpy']}, {blas.get('internal_api')} {blas.get('version')}; "
              f"cnnexp engine=fast, threads=auto ({CORES}; parallel: {os.environ.get('CNNEXP_PARALLEL', 'processes')}), "
              "BLAS single-threaded inside. "
@@ -493,6 +501,7 @@ def main(argv=None) -> int:
         log("scaling")
         res["scaling"] = scaling((1000, 5000) if a.quick else (1000, 5000, 20000, 60000),
                                  (1, 8, 32, 128), 5000 if a.quick else 20000)
+    res["env"]["load_end"] = _load()
     md = table(res)
     print(md)
     out = Path(a.out)

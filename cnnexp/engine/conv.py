@@ -100,10 +100,10 @@ class ConvStage:
         self.idx = self._take_index() if self.c == 1 else None
         #: dx by flat shifted adds (see ``_input_grad``)
         self.flat_dx = (self.sh, self.sw) == (1, 1) and self.hpwp[1] <= FLAT_MAX_WIDTH * self.ow
-        #: all three products by Winograd F(2, 3) (winograd.py) in place of the unrolled input;
-        #: not for a first stage, whose input may arrive unrolled ahead (``cols``)
         #: a ``helper.Helper`` the engine gives worker 0's stages: a big weight gradient runs there
         self.helper = None
+        #: all three products by Winograd F(2, 3) (winograd.py) in place of the unrolled input;
+        #: not for a first stage, whose input may arrive unrolled ahead (``cols``)
         self.wino = winograd.WinogradF23(self.kh, self.c, self.f, self.oh, self.ow, self.blocks) \
             if not first and winograd.applies(self.kw, (self.sh, self.sw), self.ow, self.c, self.f, self.blocks) else None
 

@@ -259,7 +259,8 @@ class FastEngine:
 
     def run(self, fns: list) -> None:
         """Call every one of ``fns`` (no arguments), on two threads when the last training
-        step ran unsplit (the other core is then free): the optimizer's update in halves."""
+        step used the helper (it ran unsplit, so the other core is free): the optimizer's
+        update in halves."""
         if self.helper is None:
             for fn in fns:
                 fn()
