@@ -98,3 +98,29 @@ def test_sigterm_to_the_process_group_mid_split_batch_training(tmp_path):
     assert final(q.stdout) == final(ref.stdout)
     w, w_ref = weights(last_ckpt(out)), weights(last_ckpt(tmp_path / "ref" / "outputs"))
     assert all(np.array_equal(w[k], w_ref[k]) for k in w_ref)
+
+
+def test_sigint_mid_step_with_the_helper_thread_resumes_exactly(tmp_path):
+    """keras_mnist at batch 1 on two threads: its weight gradients and half of each update run
+    on the engine's helper thread. Ctrl-C mid-run: the step in flight completes (the helper's
+    work joined), the run checkpoints and ends KILLED, and the resumed run ends with the
+    metrics and weights of an uninterrupted one."""
+    args = ["model=keras_mnist", "data=mnist_sample", "data.train_size=600", "data.test_size=100", "epochs=3",
+            "batch_size=1", "log_every=100", "seed=7", "threads=2"]
+    ref = cli(args, tmp_path / "ref" / "outputs")
+    assert ref.returncode == 0, ref.stderr
+    out = tmp_path / "outputs"
+    p = start(args, out)
+    wait_for(p, r"^\[Step 300\]")  # inside epoch 1
+    p.send_signal(signal.SIGINT)
+    rest, err = p.communicate(timeout=60)
+    assert p.returncode == 130 and "Traceback" not in err, err
+    ck_path = last_ckpt(out)
+    assert checkpoint.load(ck_path).meta["state"]["epoch"] < 3
+    wait_logged(out)
+    assert [r.info.status for r in all_runs(client(out))] == ["KILLED"]
+    q = cli([*args, f"resume={ck_path}"], out)
+    assert q.returncode == 0, q.stderr
+    assert final(q.stdout) == final(ref.stdout)
+    w, w_ref = weights(last_ckpt(out)), weights(last_ckpt(tmp_path / "ref" / "outputs"))
+    assert all(np.array_equal(w[k], w_ref[k]) for k in w_ref)
