@@ -70,6 +70,19 @@ def test_sigkill_then_resume_from_the_last_epoch_checkpoint(tmp_path, uninterrup
     assert all(np.array_equal(w[k], ref_w[k]) for k in ref_w)
 
 
+def ends_killed_and_resumes_as(ref, args, out, ck_path):
+    """The stopped run is KILLED in MLflow, and resumed from ``ck_path`` it ends with the
+    final metrics and weights of ``ref``, the uninterrupted run (logged under ``ref/outputs``
+    beside ``out``'s parent)."""
+    wait_logged(out)
+    assert [r.info.status for r in all_runs(client(out))] == ["KILLED"]
+    q = cli([*args, f"resume={ck_path}"], out)
+    assert q.returncode == 0, q.stderr
+    assert final(q.stdout) == final(ref.stdout)
+    w, w_ref = weights(last_ckpt(out)), weights(last_ckpt(out.parent / "ref" / "outputs"))
+    assert all(np.array_equal(w[k], w_ref[k]) for k in w_ref)
+
+
 def test_sigterm_to_the_process_group_mid_split_batch_training(tmp_path):
     """Batches of 32 split onto the engine's worker processes; SIGTERM to the whole process
     group (as scancel or a terminal's Ctrl-C send it) reaches the workers too: they finish the
@@ -91,13 +104,7 @@ def test_sigterm_to_the_process_group_mid_split_batch_training(tmp_path):
     assert "batch_size=32" not in left, left  # no engine worker (a fork: the run's command line) outlives the run
     ck_path = last_ckpt(out)
     assert 2 <= checkpoint.load(ck_path).meta["state"]["epoch"] < 12
-    wait_logged(out)
-    assert [r.info.status for r in all_runs(client(out))] == ["KILLED"]
-    q = cli([*args, f"resume={ck_path}"], out)
-    assert q.returncode == 0, q.stderr
-    assert final(q.stdout) == final(ref.stdout)
-    w, w_ref = weights(last_ckpt(out)), weights(last_ckpt(tmp_path / "ref" / "outputs"))
-    assert all(np.array_equal(w[k], w_ref[k]) for k in w_ref)
+    ends_killed_and_resumes_as(ref, args, out, ck_path)
 
 
 def test_sigint_mid_step_with_the_helper_thread_resumes_exactly(tmp_path):
@@ -117,10 +124,4 @@ def test_sigint_mid_step_with_the_helper_thread_resumes_exactly(tmp_path):
     assert p.returncode == 130 and "Traceback" not in err, err
     ck_path = last_ckpt(out)
     assert checkpoint.load(ck_path).meta["state"]["epoch"] < 3
-    wait_logged(out)
-    assert [r.info.status for r in all_runs(client(out))] == ["KILLED"]
-    q = cli([*args, f"resume={ck_path}"], out)
-    assert q.returncode == 0, q.stderr
-    assert final(q.stdout) == final(ref.stdout)
-    w, w_ref = weights(last_ckpt(out)), weights(last_ckpt(tmp_path / "ref" / "outputs"))
-    assert all(np.array_equal(w[k], w_ref[k]) for k in w_ref)
+    ends_killed_and_resumes_as(ref, args, out, ck_path)
