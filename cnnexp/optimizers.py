@@ -76,8 +76,6 @@ class SGD(Optimizer):
     split_min = 1 << 18
 
     def update(self, key, p, g):
-        if key is None:
-            return self._flat(p, g, 0)
         if self.weight_decay:  # one parameter array (a model without flat buffers)
             g = g + self.weight_decay * p
         tmp = np.empty_like(p)

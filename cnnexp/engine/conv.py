@@ -209,11 +209,7 @@ class ConvStage:
         dy2 = np.ascontiguousarray(dy).reshape(-1, self.f)
         if self.winograd:
             return self._winograd_backward(dy2)
-        h = self.helper
-        if h is not None and h.active and helper.worth(self.cols.size * self.f):
-            h.submit(partial(self._weight_grad, self.cols, dy2))  # joined before the step returns
-        else:
-            self._weight_grad(self.cols, dy2)
+        helper.hand_over(self.helper, partial(self._weight_grad, self.cols, dy2), self.cols.size * self.f)
         return None if self.first else self._input_grad(dy2)
 
     def _weight_grad(self, cols, dy2):

@@ -33,6 +33,15 @@ def worth(macs: float, writes: float = 0.0) -> bool:
     return macs / MAC_RATE + writes / WRITE_RATE >= WORTH_SECONDS
 
 
+def hand_over(h, fn, macs: float, writes: float = 0.0) -> None:
+    """Call ``fn()`` on the helper ``h`` when it is active and the work is ``worth`` it (the
+    engine joins before the step returns), else here. ``h`` may be None (no helper)."""
+    if h is not None and h.active and worth(macs, writes):
+        h.submit(fn)
+    else:
+        fn()
+
+
 class Helper:
     """One daemon thread running submitted callables in order. ``active`` says whether the
     current step may use it: the engine sets it per training call (``step``), only for an

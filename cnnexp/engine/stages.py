@@ -33,11 +33,8 @@ class DenseStage:
     def backward(self, dy):
         if self.act is not None:
             dy = self.act.backward(dy, self.bufs.get("dact", dy.shape, dy.dtype))
-        h = self.helper
-        if h is not None and h.active and helper.worth(self.gW.size * len(dy), self.gW.size if len(dy) == 1 else 0):
-            h.submit(partial(self._weight_grad, self.x, dy))  # joined before the step returns
-        else:
-            self._weight_grad(self.x, dy)
+        helper.hand_over(self.helper, partial(self._weight_grad, self.x, dy), self.gW.size * len(dy),
+                         self.gW.size if len(dy) == 1 else 0)  # batch 1: an outer product, bound by writing
         return None if self.first else np.matmul(dy, self.W.T)
 
     def _weight_grad(self, x, dy):
