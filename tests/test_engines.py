@@ -208,6 +208,44 @@ def test_input_gradient_paths_match_the_reference(k, stride, padding, pool, flat
     compare_engines(spec, n=5, threads=(1, 2), batch_size=2)
 
 
+def inference_stages(model) -> list[str]:
+    """The kinds of stage the fast engine's worker 0 ran its last inference with."""
+    return [type(s).__name__ for s in model.engine._inferring[id(model.engine.workers[0][0])][1]]
+
+
+@pytest.mark.parametrize("kernel,padding,bias,act,pool,dense_act", [
+    (3, "valid", True, None, ("maxpool2d", 2), None), (3, "valid", False, "relu", ("maxpool2d", 2), "tanh"),
+    (5, "same", True, "tanh", ("avgpool2d", 2), None), ([2, 3], "same", True, "sigmoid", ("maxpool2d", 3), "relu"),
+    (1, "valid", False, "relu", ("avgpool2d", 3), None), (4, "valid", True, None, ("maxpool2d", [2, 3]), "sigmoid")])
+def test_tiled_head_inference_matches_the_reference(kernel, padding, bias, act, pool, dense_act):
+    # inference of a one-channel stride-1 conv into a tiling pool, flatten and dense runs as
+    # pool-window tiles, channel-first (tiles.py): any kernel, padding, bias, activation and pool,
+    # conv outputs that the pool does not cover exactly (13 - 4 + 1 = 10 rows, 3x3 pools) included
+    layers = [{**_conv(5, kernel, 1, padding), "bias": bias}] + ([{"type": act}] if act else [])
+    layers += [{"type": pool[0], "pool": pool[1]}, {"type": "flatten"}, {"type": "dense", "units": 6}]
+    spec = {"input_shape": [13, 13, 1], "layers": layers + ([{"type": dense_act}] if dense_act else []) + [
+        {"type": "dense", "units": 3}, {"type": "softmax"}]}
+    fast = make(spec, "fast")
+    fast.predict_proba(batch(spec)[0])
+    assert inference_stages(fast)[:2] == ["TiledHead", "DenseStage"]
+    compare_engines(spec, n=7, threads=(1, 2), batch_size=3)  # chunks of 3 images: 3, 3 and 1
+
+
+@pytest.mark.parametrize("conv,channels,pool", [
+    (_conv(4, 3, 2), 1, 2), (_conv(4), 2, 2), (_conv(4, 3, 1, "same"), 1, (3, 2))])
+def test_tiled_head_only_for_one_channel_stride_1_into_a_tiling_pool_and_dense(conv, channels, pool):
+    # not for stride 2, two input channels, a pool that overlaps (3 with stride 2), nor with a
+    # conv after the pool
+    pool = {"type": "maxpool2d", "pool": pool[0], "stride": pool[1]} if isinstance(pool, tuple) \
+        else {"type": "maxpool2d", "pool": pool}
+    for rest in ([pool, {"type": "flatten"}], [{"type": "maxpool2d", "pool": 2}, _conv(2), {"type": "flatten"}]):
+        spec = {"input_shape": [20, 20, channels], "layers": [conv] + rest + [{"type": "dense", "units": 3},
+                                                                              {"type": "softmax"}]}
+        fast = make(spec, "fast")
+        fast.predict_proba(batch(spec)[0])
+        assert "TiledHead" not in inference_stages(fast)
+
+
 @pytest.mark.parametrize("kernel,padding,pool,bias,act", [
     (3, "valid", "maxpool2d", True, "relu"), (3, "same", None, False, "relu"), (3, "valid", "avgpool2d", True, "tanh"),
     ([5, 3], "same", None, True, "sigmoid"), ([1, 3], "valid", "maxpool2d", False, "relu")])

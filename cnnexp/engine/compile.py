@@ -15,6 +15,7 @@ from ..layers.dense import Dense, Flatten
 from .conv import ConvStage
 from .ops import ActOp, PoolOp
 from .stages import DenseStage, DropoutStage, FlattenStage, LayerStage, OpStage
+from .tiles import TiledHead
 
 
 def group(layers: list) -> list[tuple]:
@@ -60,6 +61,14 @@ def build_stages(groups: list[tuple], grads: dict) -> list:
             stages.append(FlattenStage())
         else:
             stages.append(LayerStage(g[0], grads, first))
+    return stages
+
+
+def infer_stages(stages: list) -> list:
+    """The stages inference runs: the training ones, a head of conv stage, flatten and dense
+    stage replaced by a ``TiledHead`` where that applies (``tiles.py``)."""
+    if TiledHead.applies(stages):
+        return [TiledHead(stages[0], stages[2])] + stages[3:]
     return stages
 
 

@@ -28,7 +28,7 @@ import numpy as np
 
 from ..layers.activations import Dropout
 from ..layers.conv import Conv2D
-from .compile import build_stages, group, train_flops
+from .compile import build_stages, group, infer_stages, train_flops
 from .conv import ConvStage
 from .feed import Prepared, block_images
 from .helper import Helper
@@ -71,6 +71,7 @@ class FastEngine:
         self.prep = None  # the stage that unrolls prepared blocks (False: the plan has none)
         self.out_shape = body[-1].output_shape if body else model.input_shape
         self.chunk = self._chunk(body)
+        self._inferring: dict[int, tuple] = {}  # per worker: the stages inference runs
         self._accs: dict[int, np.ndarray] = {}  # per worker: its pieces' gradients summed
         #: split training batches run their other parts in worker processes (procs.py), not threads
         self.processes = parallel_mode() == "processes" and procs.available() and \
@@ -285,7 +286,9 @@ class FastEngine:
         return infer(self, images, labels, out, batch_size)
 
     def _infer_part(self, worker, images, logits, lo, hi, step):
-        stages, _ = worker
+        if id(worker[0]) not in self._inferring:  # (kept beside its key: the id stays its own)
+            self._inferring[id(worker[0])] = (worker[0], infer_stages(worker[0]))
+        stages = self._inferring[id(worker[0])][1]
         for a in range(lo, hi, step):
             x = self.model.preprocess(images[a:a + step])
             for st in stages:
