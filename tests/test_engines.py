@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from cnnexp.engine import FastEngine, ReferenceEngine, available_cores
-from cnnexp.engine import feed, winograd
+from cnnexp.engine import feed, tiles, winograd
 from cnnexp.engine.compile import group
 from cnnexp.errors import ConfigError
 from cnnexp.layers.base import Layer
@@ -25,6 +25,7 @@ from helpers.gradcheck import check_model
 
 REL = 1e-9
 PRESETS = sorted(Path(__file__).parent.parent.glob("conf/model/*.yaml"))
+CONF_SEED = Path(__file__).parent.parent / "conf" / "model" / "seed.yaml"
 
 
 def rel_err(a, b) -> float:
@@ -208,27 +209,50 @@ def test_input_gradient_paths_match_the_reference(k, stride, padding, pool, flat
     compare_engines(spec, n=5, threads=(1, 2), batch_size=2)
 
 
-def inference_stages(model) -> list[str]:
-    """The kinds of stage the fast engine's worker 0 ran its last inference with."""
-    return [type(s).__name__ for s in model.engine._inferring[id(model.engine.workers[0][0])][1]]
+def plan_stages(model) -> list[str]:
+    """The kinds of stage the fast engine's worker 0 runs raw images with."""
+    return [type(s).__name__ for s in model.engine._plan(model.engine.workers[0][0], tiles.MIN_IMAGES)]
 
 
 @pytest.mark.parametrize("kernel,padding,bias,act,pool,dense_act", [
     (3, "valid", True, None, ("maxpool2d", 2), None), (3, "valid", False, "relu", ("maxpool2d", 2), "tanh"),
     (5, "same", True, "tanh", ("avgpool2d", 2), None), ([2, 3], "same", True, "sigmoid", ("maxpool2d", 3), "relu"),
     (1, "valid", False, "relu", ("avgpool2d", 3), None), (4, "valid", True, None, ("maxpool2d", [2, 3]), "sigmoid")])
-def test_tiled_head_inference_matches_the_reference(kernel, padding, bias, act, pool, dense_act):
-    # inference of a one-channel stride-1 conv into a tiling pool, flatten and dense runs as
-    # pool-window tiles, channel-first (tiles.py): any kernel, padding, bias, activation and pool,
-    # conv outputs that the pool does not cover exactly (13 - 4 + 1 = 10 rows, 3x3 pools) included
+def test_tiled_head_matches_the_reference(kernel, padding, bias, act, pool, dense_act, monkeypatch):
+    # a one-channel stride-1 conv into a tiling pool, flatten and dense runs as pool-window
+    # tiles, channel-first (tiles.py), in inference and in training on raw batches: any kernel,
+    # padding, bias, activation and pool, conv outputs that the pool does not cover exactly
+    # (13 - 4 + 1 = 10 rows, 3x3 pools) included; and it passes the finite-difference check
     layers = [{**_conv(5, kernel, 1, padding), "bias": bias}] + ([{"type": act}] if act else [])
     layers += [{"type": pool[0], "pool": pool[1]}, {"type": "flatten"}, {"type": "dense", "units": 6}]
     spec = {"input_shape": [13, 13, 1], "layers": layers + ([{"type": dense_act}] if dense_act else []) + [
         {"type": "dense", "units": 3}, {"type": "softmax"}]}
+    monkeypatch.setattr(tiles, "MIN_IMAGES", 1)  # every chunk and piece: 3, 3 and 1 images
     fast = make(spec, "fast")
-    fast.predict_proba(batch(spec)[0])
-    assert inference_stages(fast)[:2] == ["TiledHead", "DenseStage"]
-    compare_engines(spec, n=7, threads=(1, 2), batch_size=3)  # chunks of 3 images: 3, 3 and 1
+    backward, original = [], tiles.TiledHead.backward
+    monkeypatch.setattr(tiles.TiledHead, "backward", lambda self, dy: backward.append(1) or original(self, dy))
+    x, y = batch(spec)
+    fast.engine.train(x, y, raw=True)
+    assert plan_stages(fast)[:2] == ["TiledHead", "DenseStage"] and backward
+    compare_engines(spec, n=7, threads=(1, 2), batch_size=3)
+    for p in fast.params.values():  # non-zero biases
+        if p.ndim == 1:
+            p[...] = 0.1 * np.random.default_rng(0).standard_normal(p.shape)
+    check_model(fast, fast.preprocess(x[:4]), y[:4], max_per_param=100)
+
+
+def test_seed_net_runs_tiled_from_min_images_on_and_matches_the_reference():
+    spec = preset(CONF_SEED)
+    ref, fast = make(spec, "reference"), make(spec, "fast", small_split=False)
+    stages = fast.engine._workers(1)[0][0]
+    assert fast.engine._plan(stages, tiles.MIN_IMAGES - 1) is stages
+    assert type(fast.engine._plan(stages, tiles.MIN_IMAGES)[0]) is tiles.TiledHead
+    x, y = batch(spec, n=tiles.MIN_IMAGES + 3)
+    assert_close(fast.predict_proba(x), ref.predict_proba(x), "probabilities")
+    (loss_f, grads_f), (loss_r, grads_r) = loss_grads(fast, x, y), loss_grads(ref, x, y)
+    assert_close(loss_f, loss_r, "loss")
+    for k in grads_r:
+        assert_close(grads_f[k], grads_r[k], k)
 
 
 @pytest.mark.parametrize("conv,channels,pool", [
@@ -243,7 +267,7 @@ def test_tiled_head_only_for_one_channel_stride_1_into_a_tiling_pool_and_dense(c
                                                                               {"type": "softmax"}]}
         fast = make(spec, "fast")
         fast.predict_proba(batch(spec)[0])
-        assert "TiledHead" not in inference_stages(fast)
+        assert "TiledHead" not in plan_stages(fast)
 
 
 @pytest.mark.parametrize("kernel,padding,pool,bias,act", [

@@ -64,9 +64,9 @@ def build_stages(groups: list[tuple], grads: dict) -> list:
     return stages
 
 
-def infer_stages(stages: list) -> list:
-    """The stages inference runs: the training ones, a head of conv stage, flatten and dense
-    stage replaced by a ``TiledHead`` where that applies (``tiles.py``)."""
+def tiled(stages: list) -> list:
+    """The stages with a head of conv stage, flatten and dense stage replaced by a
+    ``TiledHead`` where that applies (``tiles.py``)."""
     if TiledHead.applies(stages):
         return [TiledHead(stages[0], stages[2])] + stages[3:]
     return stages

@@ -28,13 +28,13 @@ import numpy as np
 
 from ..layers.activations import Dropout
 from ..layers.conv import Conv2D
-from .compile import build_stages, group, infer_stages, train_flops
+from .compile import build_stages, group, tiled, train_flops
 from .conv import ConvStage
 from .feed import Prepared, block_images
 from .helper import Helper
-from .infer import infer
+from .infer import infer, infer_part
 from .loss import softmax_xent
-from . import procs
+from . import procs, tiles
 from .threads import blas_threads, fine_switching, parallel_mode, resolve_threads, run_parts, split_rows
 
 
@@ -71,7 +71,7 @@ class FastEngine:
         self.prep = None  # the stage that unrolls prepared blocks (False: the plan has none)
         self.out_shape = body[-1].output_shape if body else model.input_shape
         self.chunk = self._chunk(body)
-        self._inferring: dict[int, tuple] = {}  # per worker: the stages inference runs
+        self._tiled: dict[int, tuple] = {}  # per worker: its stages and ``tiled`` ones
         self._accs: dict[int, np.ndarray] = {}  # per worker: its pieces' gradients summed
         #: split training batches run their other parts in worker processes (procs.py), not threads
         self.processes = parallel_mode() == "processes" and procs.available() and \
@@ -243,7 +243,7 @@ class FastEngine:
             x = stages[0].forward(None, True, x.data) if x.cols else stages[0].forward(x.data, True)
             rest = stages[1:]
         else:
-            rest = stages
+            rest = stages = self._plan(stages, len(x))
             if raw:
                 x = self.model.preprocess(x)
         for st in rest:
@@ -285,13 +285,13 @@ class FastEngine:
         """See ``infer.infer``."""
         return infer(self, images, labels, out, batch_size)
 
-    def _infer_part(self, worker, images, logits, lo, hi, step):
-        if id(worker[0]) not in self._inferring:  # (kept beside its key: the id stays its own)
-            self._inferring[id(worker[0])] = (worker[0], infer_stages(worker[0]))
-        stages = self._inferring[id(worker[0])][1]
-        for a in range(lo, hi, step):
-            x = self.model.preprocess(images[a:a + step])
-            for st in stages:
-                x = st.forward(x, False)
-            logits[a:a + len(x)] = x
+    def _plan(self, stages: list, n: int) -> list:
+        """What runs ``n`` raw images: ``stages``, or ``compile.tiled(stages)`` (kept per worker)."""
+        if n < tiles.MIN_IMAGES:
+            return stages
+        if id(stages) not in self._tiled:  # (kept beside its key: the id stays its own)
+            self._tiled[id(stages)] = (stages, tiled(stages))
+        return self._tiled[id(stages)][1]
+
+    _infer_part = infer_part
 

@@ -45,6 +45,15 @@ def infer(engine, images, labels=None, out=None, batch_size=None):
     return loss_sum, correct
 
 
+def infer_part(engine, worker, images, logits, lo, hi, step):
+    """Logits of ``images[lo:hi]`` into ``logits``, in chunks of ``step``, on one worker."""
+    for a in range(lo, hi, step):
+        x = engine.model.preprocess(images[a:a + step])
+        for st in engine._plan(worker[0], len(x)):
+            x = st.forward(x, False)
+        logits[a:a + len(x)] = x
+
+
 def _chunks_on_processes(engine, images, logits, bounds, step):
     w0 = engine._workers(1)[0]
     rows = max(b - a for a, b in bounds)

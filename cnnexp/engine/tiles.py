@@ -1,4 +1,4 @@
-"""Inference of a plan's head, a one-channel conv with stride 1 (any kernel, padding, bias, and
+"""A plan's head, a one-channel conv with stride 1 (any kernel, padding, bias, and
 activation) into a pool that tiles its output (pool size = pool stride, max or average), then a
 flatten and a dense layer: the seed net's whole body. Computed as pool-window tiles, channel-first.
 
@@ -13,7 +13,8 @@ reads the channel-first result through its weights regrouped by channel.
 Against the conv stage (``conv.py``), which unrolls KH*KW values per output position into rows:
 the seed net's 3x3 kernel and 2x2 pool unroll 16 values per 4 positions instead of 36, and the
 product is one wide one instead of one with 8 columns, for 1.8x the multiplications
-(benchmarks/NOTES.md, session 8). Training keeps the conv stage.
+(benchmarks/NOTES.md, session 8). Chunks and training pieces of at least ``MIN_IMAGES`` images
+run the head; smaller ones, and inputs unrolled ahead (``feed.py``), the conv stage.
 """
 
 from __future__ import annotations
@@ -25,9 +26,15 @@ from .conv import ConvStage
 from .ops import ActOp
 from .stages import DenseStage, FlattenStage
 
+#: fewest images a head runs tiled: below it the conv stage was as fast or faster (per-call
+#: costs; benchmarks/NOTES.md, session 8)
+MIN_IMAGES = 32
+#: columns per chunk of the weight-gradient product (``TiledHead._weight_grad``)
+CHUNK = 1024
+
 
 class TiledHead:
-    """Stands for a plan's first three stages (conv stage, flatten, dense stage) in inference."""
+    """Stands for a plan's first three stages (conv stage, flatten, dense stage)."""
 
     @staticmethod
     def applies(stages: list) -> bool:
@@ -127,4 +134,50 @@ class TiledHead:
         out = np.add.reduce(parts, axis=0, out=self.bufs.get(("out", n), (n, units), dt))
         if dense.b is not None:
             out += dense.b
+        self.cols, self.y, self.pooled, self.wd = cols, y, pooled, wd
         return self.dense_act.forward(out) if self.dense_act is not None else out
+
+    def backward(self, dy):
+        """The conv's and the dense layer's gradients (into the stages' gradient arrays) from
+        dL/d(dense output) ``dy`` (N, units). The head is a plan's first stage: no input gradient."""
+        c, d, n, dt = self.conv, self.dense, len(dy), dy.dtype
+        (qh, qw, cw, f), (ph, pw), units = (self.qh, self.qw, self.cw, self.f), (self.ph, self.pw), dy.shape[1]
+        if self.dense_act is not None:
+            dy = self.dense_act.backward(dy, self.bufs.get(("dact", n), dy.shape, dt))
+        # the dense layer's weights: per channel pooled[f].T @ dy, put back in (QH, QW, F) row order
+        g = np.matmul(self.pooled.transpose(0, 2, 1), dy, out=self.bufs.get("gwd", (f, qh * cw, units), dt))
+        np.copyto(d.gW.reshape(qh, qw, f, units), g.reshape(f, qh, cw, units)[:, :, :qw].transpose(1, 2, 0, 3))
+        if d.gb is not None:
+            np.matmul(np.ones(n, dt), dy, out=d.gb)
+        dp = np.matmul(dy, self.wd.transpose(0, 2, 1), out=self.bufs.get(("dpooled", n), self.pooled.shape, dt))
+        if c.act_last:
+            self.act.backward(dp, dp)
+        dyt = self.bufs.get(("dy", n), (ph * pw, dp.size), dt)  # one block per window position
+        if c.pool.kind == "max":  # every position equal to its window's max gets the gradient
+            np.equal(self.y.reshape(ph * pw, -1), self.pooled.reshape(1, -1), out=dyt, casting="unsafe")
+            np.multiply(dyt, dp.reshape(1, -1), out=dyt)
+        else:
+            np.divide(dp.reshape(1, -1), ph * pw, out=dyt[:1])
+            dyt[1:] = dyt[:1]
+        dyt = dyt.reshape(self.y.shape)
+        if self.act is not None and not c.act_last:
+            self.act.backward(dyt, dyt)
+        gt = self._weight_grad(dyt, self.cols.reshape(self.rows, -1))
+        # each tile weight's gradient back to the kernel weight (or bias) it came from
+        gsrc = np.bincount(self.index.reshape(-1), gt.reshape(-1), minlength=c.W.size + f + 1)
+        c.gWm[:c.k] = gsrc[:c.W.size].reshape(c.k, f)
+        if c.fold:
+            c.gWm[c.k] = gsrc[c.W.size:-1]
+        elif c.gb is not None:
+            c.gb[...] = gsrc[c.W.size:-1]
+        return None
+
+    def _weight_grad(self, dyt, cols):
+        """``dyt @ cols.T``: a product with a long inner dimension, in chunks of it (BLAS ran it
+        1.8x faster in chunks of 1,024 than whole; benchmarks/NOTES.md, session 8)."""
+        out = self.bufs.get("gt", self.index.shape, dyt.dtype)
+        np.matmul(dyt[:, :CHUNK], cols[:, :CHUNK].T, out=out)
+        tmp = self.bufs.get("gtmp", out.shape, out.dtype)
+        for s in range(CHUNK, dyt.shape[1], CHUNK):
+            np.add(out, np.matmul(dyt[:, s:s + CHUNK], cols[:, s:s + CHUNK].T, out=tmp), out=out)
+        return out
