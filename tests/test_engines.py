@@ -211,29 +211,36 @@ def test_input_gradient_paths_match_the_reference(k, stride, padding, pool, flat
 
 def plan_stages(model) -> list[str]:
     """The kinds of stage the fast engine's worker 0 runs raw images with."""
-    return [type(s).__name__ for s in model.engine._plan(model.engine.workers[0][0], tiles.MIN_IMAGES)]
+    return [type(s).__name__ for s in model.engine._plan(model.engine._workers(1)[0][0], 10**9)]
 
 
 @pytest.mark.parametrize("kernel,padding,bias,act,pool,dense_act", [
     (3, "valid", True, None, ("maxpool2d", 2), None), (3, "valid", False, "relu", ("maxpool2d", 2), "tanh"),
     (5, "same", True, "tanh", ("avgpool2d", 2), None), ([2, 3], "same", True, "sigmoid", ("maxpool2d", 3), "relu"),
-    (1, "valid", False, "relu", ("avgpool2d", 3), None), (4, "valid", True, None, ("maxpool2d", [2, 3]), "sigmoid")])
-def test_tiled_head_matches_the_reference(kernel, padding, bias, act, pool, dense_act, monkeypatch):
-    # a one-channel stride-1 conv into a tiling pool, flatten and dense runs as pool-window
-    # tiles, channel-first (tiles.py), in inference and in training on raw batches: any kernel,
+    (1, "valid", False, "relu", ("avgpool2d", 3), None), (4, "valid", True, None, ("maxpool2d", [2, 3]), "sigmoid"),
+    (5, "same", True, "tanh", ("avgpool2d", 2), "conv"), (3, "valid", False, "relu", ("maxpool2d", 2), "conv"),
+    ([2, 3], "same", True, "sigmoid", ("maxpool2d", 3), "conv")])
+def test_tiled_first_stage_matches_the_reference(kernel, padding, bias, act, pool, dense_act, monkeypatch):
+    # a first one-channel stride-1 conv into a tiling pool runs as pool-window tiles,
+    # channel-first (tiles.py), as a head with the flatten and dense after it ("conv": as a stage
+    # whose output goes back to NHWC for a conv), in inference and in training on raw batches: any kernel,
     # padding, bias, activation and pool, conv outputs that the pool does not cover exactly
     # (13 - 4 + 1 = 10 rows, 3x3 pools) included; and it passes the finite-difference check
     layers = [{**_conv(5, kernel, 1, padding), "bias": bias}] + ([{"type": act}] if act else [])
-    layers += [{"type": pool[0], "pool": pool[1]}, {"type": "flatten"}, {"type": "dense", "units": 6}]
-    spec = {"input_shape": [13, 13, 1], "layers": layers + ([{"type": dense_act}] if dense_act else []) + [
-        {"type": "dense", "units": 3}, {"type": "softmax"}]}
-    monkeypatch.setattr(tiles, "MIN_IMAGES", 1)  # every chunk and piece: 3, 3 and 1 images
+    layers += [{"type": pool[0], "pool": pool[1]}]
+    if dense_act == "conv":  # a conv after the pool: the stage's output goes back to NHWC
+        layers += [{**_conv(3, 2), "padding": "same"}, {"type": "relu"}, {"type": "flatten"}]
+    else:
+        layers += [{"type": "flatten"}, {"type": "dense", "units": 6}] + ([{"type": dense_act}] if dense_act else [])
+    spec = {"input_shape": [13, 13, 1], "layers": layers + [{"type": "dense", "units": 3}, {"type": "softmax"}]}
+    monkeypatch.setattr(tiles, "MIN_MACS", 0)  # every chunk and piece: 3, 3 and 1 images
     fast = make(spec, "fast")
-    backward, original = [], tiles.TiledHead.backward
-    monkeypatch.setattr(tiles.TiledHead, "backward", lambda self, dy: backward.append(1) or original(self, dy))
+    backward, original = [], tiles.TiledConv.conv_backward
+    monkeypatch.setattr(tiles.TiledConv, "conv_backward", lambda self, dp: backward.append(1) or original(self, dp))
     x, y = batch(spec)
     fast.engine.train(x, y, raw=True)
-    assert plan_stages(fast)[:2] == ["TiledHead", "DenseStage"] and backward
+    assert backward and plan_stages(fast)[:2] == (["TiledConv", "ConvStage"] if dense_act == "conv" else
+                                                  ["TiledHead", "DenseStage"])
     compare_engines(spec, n=7, threads=(1, 2), batch_size=3)
     for p in fast.params.values():  # non-zero biases
         if p.ndim == 1:
@@ -241,13 +248,15 @@ def test_tiled_head_matches_the_reference(kernel, padding, bias, act, pool, dens
     check_model(fast, fast.preprocess(x[:4]), y[:4], max_per_param=100)
 
 
-def test_seed_net_runs_tiled_from_min_images_on_and_matches_the_reference():
+def test_seed_net_runs_tiled_from_min_macs_on_and_matches_the_reference():
     spec = preset(CONF_SEED)
     ref, fast = make(spec, "reference"), make(spec, "fast", small_split=False)
     stages = fast.engine._workers(1)[0][0]
-    assert fast.engine._plan(stages, tiles.MIN_IMAGES - 1) is stages
-    assert type(fast.engine._plan(stages, tiles.MIN_IMAGES)[0]) is tiles.TiledHead
-    x, y = batch(spec, n=tiles.MIN_IMAGES + 3)
+    head = fast.engine._plan(stages, 10**9)[0]
+    least = -int(-tiles.MIN_MACS // head.macs)  # fewest images run tiled
+    assert type(head) is tiles.TiledHead and 16 < least <= 32
+    assert fast.engine._plan(stages, least - 1) is stages and fast.engine._plan(stages, least)[0] is head
+    x, y = batch(spec, n=least + 3)
     assert_close(fast.predict_proba(x), ref.predict_proba(x), "probabilities")
     (loss_f, grads_f), (loss_r, grads_r) = loss_grads(fast, x, y), loss_grads(ref, x, y)
     assert_close(loss_f, loss_r, "loss")
@@ -256,18 +265,15 @@ def test_seed_net_runs_tiled_from_min_images_on_and_matches_the_reference():
 
 
 @pytest.mark.parametrize("conv,channels,pool", [
-    (_conv(4, 3, 2), 1, 2), (_conv(4), 2, 2), (_conv(4, 3, 1, "same"), 1, (3, 2))])
-def test_tiled_head_only_for_one_channel_stride_1_into_a_tiling_pool_and_dense(conv, channels, pool):
-    # not for stride 2, two input channels, a pool that overlaps (3 with stride 2), nor with a
-    # conv after the pool
-    pool = {"type": "maxpool2d", "pool": pool[0], "stride": pool[1]} if isinstance(pool, tuple) \
-        else {"type": "maxpool2d", "pool": pool}
-    for rest in ([pool, {"type": "flatten"}], [{"type": "maxpool2d", "pool": 2}, _conv(2), {"type": "flatten"}]):
-        spec = {"input_shape": [20, 20, channels], "layers": [conv] + rest + [{"type": "dense", "units": 3},
-                                                                              {"type": "softmax"}]}
-        fast = make(spec, "fast")
-        fast.predict_proba(batch(spec)[0])
-        assert "TiledHead" not in plan_stages(fast)
+    (_conv(4, 3, 2), 1, (2, 2)), (_conv(4), 2, (2, 2)), (_conv(4, 3, 1, "same"), 1, (3, 2)), (_conv(4), 1, None)])
+def test_tiles_only_for_a_first_one_channel_stride_1_conv_into_a_tiling_pool(conv, channels, pool):
+    # not for stride 2, two input channels, a pool that overlaps (3 with stride 2), no pool;
+    # nor for a second conv (after a first one with one filter)
+    pool = [{"type": "maxpool2d", "pool": pool[0], "stride": pool[1]}] if pool else [{"type": "relu"}]
+    for first in ([], [_conv(1, 1), {"type": "relu"}]):
+        spec = {"input_shape": [20, 20, channels], "layers": first + [conv] + pool + [
+            {"type": "flatten"}, {"type": "dense", "units": 3}, {"type": "softmax"}]}
+        assert not any(k.startswith("Tiled") for k in plan_stages(make(spec, "fast")))
 
 
 @pytest.mark.parametrize("kernel,padding,pool,bias,act", [

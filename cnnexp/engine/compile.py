@@ -15,7 +15,7 @@ from ..layers.dense import Dense, Flatten
 from .conv import ConvStage
 from .ops import ActOp, PoolOp
 from .stages import DenseStage, DropoutStage, FlattenStage, LayerStage, OpStage
-from .tiles import TiledHead
+from .tiles import TiledConv, TiledHead
 
 
 def group(layers: list) -> list[tuple]:
@@ -66,9 +66,11 @@ def build_stages(groups: list[tuple], grads: dict) -> list:
 
 def tiled(stages: list) -> list:
     """The stages with a head of conv stage, flatten and dense stage replaced by a
-    ``TiledHead`` where that applies (``tiles.py``)."""
+    ``TiledHead``, or else a first conv stage by a ``TiledConv``, where that applies (``tiles.py``)."""
     if TiledHead.applies(stages):
         return [TiledHead(stages[0], stages[2])] + stages[3:]
+    if TiledConv.applies(stages):
+        return [TiledConv(stages[0])] + stages[1:]
     return stages
 
 

@@ -287,11 +287,10 @@ class FastEngine:
 
     def _plan(self, stages: list, n: int) -> list:
         """What runs ``n`` raw images: ``stages``, or ``compile.tiled(stages)`` (kept per worker)."""
-        if n < tiles.MIN_IMAGES:
-            return stages
         if id(stages) not in self._tiled:  # (kept beside its key: the id stays its own)
             self._tiled[id(stages)] = (stages, tiled(stages))
-        return self._tiled[id(stages)][1]
+        plan = self._tiled[id(stages)][1]
+        return plan if plan is not stages and n * plan[0].macs >= tiles.MIN_MACS else stages
 
     _infer_part = infer_part
 

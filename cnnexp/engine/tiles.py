@@ -1,20 +1,22 @@
-"""A plan's head, a one-channel conv with stride 1 (any kernel, padding, bias, and
-activation) into a pool that tiles its output (pool size = pool stride, max or average), then a
-flatten and a dense layer: the seed net's whole body. Computed as pool-window tiles, channel-first.
+"""A plan's first stage when it is a one-channel conv with stride 1 (any kernel, padding, bias
+and activation) into a pool that tiles its output (pool size = pool stride, max or average),
+computed as pool-window tiles, channel-first: ``TiledConv``, or ``TiledHead`` when a flatten and
+a dense layer follow (the seed net's whole body).
 
 A tile is one pool window of the conv's output: PH x PW positions, which read a
 (PH + KH - 1) x (PW + KW - 1) patch of the input. The patches are unrolled channel-first
 (``cols``: one row per patch offset, one column per tile; see ``_unroll``), and one product
 with a tile weight matrix (row (p, f): filter f at window position p, zero where the kernel
 does not reach) gives every position's output, one block of F rows per window position.
-Pooling is then an element-wise max or sum of PH*PW contiguous blocks, and the dense layer
-reads the channel-first result through its weights regrouped by channel.
+Pooling is then an element-wise max or sum of PH*PW contiguous blocks. ``TiledConv`` puts the
+result back in NHWC order for the next stage; ``TiledHead``'s dense layer reads it channel-first
+through its weights regrouped by channel.
 
 Against the conv stage (``conv.py``), which unrolls KH*KW values per output position into rows:
 the seed net's 3x3 kernel and 2x2 pool unroll 16 values per 4 positions instead of 36, and the
 product is one wide one instead of one with 8 columns, for 1.8x the multiplications
-(benchmarks/NOTES.md, session 8). Chunks and training pieces of at least ``MIN_IMAGES`` images
-run the head; smaller ones, and inputs unrolled ahead (``feed.py``), the conv stage.
+(benchmarks/NOTES.md, session 8). Chunks and training pieces whose tile product reaches
+``MIN_MACS`` run tiled; smaller ones, and inputs unrolled ahead (``feed.py``), the conv stage.
 """
 
 from __future__ import annotations
@@ -26,26 +28,28 @@ from .conv import ConvStage
 from .ops import ActOp
 from .stages import DenseStage, FlattenStage
 
-#: fewest images a head runs tiled: below it the conv stage was as fast or faster (per-call
-#: costs; benchmarks/NOTES.md, session 8)
-MIN_IMAGES = 32
+#: fewest multiply-adds of the tile product (``TiledConv.macs`` x images) a chunk or training
+#: piece runs tiled: below it the conv stage was as fast or faster (per-call costs;
+#: benchmarks/NOTES.md, session 8)
+MIN_MACS = 3e6
 #: columns per chunk of the weight-gradient product (``TiledHead._weight_grad``)
 CHUNK = 1024
 
 
-class TiledHead:
-    """Stands for a plan's first three stages (conv stage, flatten, dense stage)."""
+class TiledConv:
+    """Stands for a plan's first stage, a conv stage as above, in any plan: its pooled output is
+    put back in NHWC order for the stage after it (and that stage's gradient in tile order)."""
 
     @staticmethod
     def applies(stages: list) -> bool:
-        if len(stages) < 3 or not isinstance(stages[0], ConvStage):
+        if not stages or not isinstance(stages[0], ConvStage):
             return False
         conv, pool = stages[0], stages[0].pool
-        return (type(stages[1]) is FlattenStage and type(stages[2]) is DenseStage and conv.c == 1
-                and pool is not None and (conv.sh, conv.sw) == (1, 1) and (pool.sh, pool.sw) == (pool.ph, pool.pw))
+        return conv.c == 1 and pool is not None and (conv.sh, conv.sw) == (1, 1) and \
+            (pool.sh, pool.sw) == (pool.ph, pool.pw)
 
-    def __init__(self, conv: ConvStage, dense: DenseStage):
-        self.conv, self.dense = conv, dense
+    def __init__(self, conv: ConvStage):
+        self.conv = conv
         pool = conv.pool
         self.ph, self.pw = pool.ph, pool.pw
         self.qh, self.qw, self.f = pool.out_shape
@@ -53,9 +57,10 @@ class TiledHead:
         self.rows = self.th * self.tw + 1  # patch values and a row of ones (the bias)
         self.cw = self.qw + (self.tw - 1) // self.pw  # a phase's width (``_unroll``)
         self.index = self._weight_index()
-        # own activation ops (an op keeps its forward output for a backward)
+        #: multiply-adds of the tile product per image: ``worth`` compares a batch's to MIN_MACS
+        self.macs = self.index.size * self.qh * self.cw
+        # own activation op (an op keeps its forward output for a backward)
         self.act = ActOp(conv.act.kind) if conv.act is not None else None
-        self.dense_act = ActOp(dense.act.kind) if dense.act is not None else None
         self.bufs = Buffers()
 
     def _weight_index(self) -> np.ndarray:
@@ -91,8 +96,8 @@ class TiledHead:
         (r, c)), each CW columns wide; a patch offset (i, j) is then, for every tile (r, c), the
         value at (r + i // PH, c + j // PW) of phase (i % PH, j % PW): a shift of the flat
         phase by one offset, one contiguous copy per image. Columns c >= QW of each tile row
-        read past its end: finite values (the buffers start zeroed) that the dense weights
-        multiply by 0."""
+        read past its end: finite values (the buffers start zeroed) that ``forward`` leaves out
+        and ``TiledHead``'s dense weights multiply by 0."""
         c, n, (ph, pw), (qh, cw) = self.conv, len(x), (self.ph, self.pw), (self.qh, self.cw)
         r = qh + (self.th - 1) // ph
         if not c.padded and c.hw == (r * ph, cw * pw):  # the phases fit the input exactly
@@ -111,50 +116,32 @@ class TiledHead:
                 np.copyto(cols[i * self.tw + j, :, :run], phases[i % ph, j % pw, :, at:at + run])
         return cols
 
-    def forward(self, x, training=False):
-        """Logits-side output of the dense stage (N, units) for input ``x`` (N, H, W, 1)."""
-        n, (qh, qw, cw, f), (ph, pw) = len(x), (self.qh, self.qw, self.cw, self.f), (self.ph, self.pw)
-        c, dense, dt = self.conv, self.dense, x.dtype
-        cols = self._unroll(x)
-        y = self.bufs.get(("y", n), (ph * pw * f, n * qh * cw), dt)
+    def pooled(self, x):
+        """The conv, activation and pool of ``x`` (N, H, W, 1), channel-first: (F, N, QH * CW)."""
+        n, (qh, cw, f), (ph, pw), c, dt = len(x), (self.qh, self.cw, self.f), (self.ph, self.pw), self.conv, x.dtype
+        self.cols = cols = self._unroll(x)
+        self.y = y = self.bufs.get(("y", n), (ph * pw * f, n * qh * cw), dt)
         np.matmul(self._weights(dt), cols.reshape(self.rows, -1), out=y)
         if self.act is not None and not c.act_last:
             self.act.forward(y)
-        pooled = self.bufs.get(("pooled", n), (f, n, qh * cw), dt)
+        self.out = out = self.bufs.get(("pooled", n), (f, n, qh * cw), dt)
         ufunc = np.maximum if c.pool.kind == "max" else np.add
-        ufunc.reduce(y.reshape(ph * pw, -1), axis=0, out=pooled.reshape(-1))
+        ufunc.reduce(y.reshape(ph * pw, -1), axis=0, out=out.reshape(-1))
         if c.pool.kind == "avg":
-            pooled /= ph * pw
+            out /= ph * pw
         if c.act_last:
-            self.act.forward(pooled)
-        units = dense.W.shape[1]
-        wd = self.bufs.get("wd", (f, qh * cw, units), dt, zero="new")  # junk columns' rows stay 0
-        np.copyto(wd.reshape(f, qh, cw, units)[:, :, :qw], dense.W.reshape(qh, qw, f, units).transpose(2, 0, 1, 3))
-        parts = np.matmul(pooled, wd, out=self.bufs.get(("parts", n), (f, n, units), dt))
-        out = np.add.reduce(parts, axis=0, out=self.bufs.get(("out", n), (n, units), dt))
-        if dense.b is not None:
-            out += dense.b
-        self.cols, self.y, self.pooled, self.wd = cols, y, pooled, wd
-        return self.dense_act.forward(out) if self.dense_act is not None else out
+            self.act.forward(out)
+        return out
 
-    def backward(self, dy):
-        """The conv's and the dense layer's gradients (into the stages' gradient arrays) from
-        dL/d(dense output) ``dy`` (N, units). The head is a plan's first stage: no input gradient."""
-        c, d, n, dt = self.conv, self.dense, len(dy), dy.dtype
-        (qh, qw, cw, f), (ph, pw), units = (self.qh, self.qw, self.cw, self.f), (self.ph, self.pw), dy.shape[1]
-        if self.dense_act is not None:
-            dy = self.dense_act.backward(dy, self.bufs.get(("dact", n), dy.shape, dt))
-        # the dense layer's weights: per channel pooled[f].T @ dy, put back in (QH, QW, F) row order
-        g = np.matmul(self.pooled.transpose(0, 2, 1), dy, out=self.bufs.get("gwd", (f, qh * cw, units), dt))
-        np.copyto(d.gW.reshape(qh, qw, f, units), g.reshape(f, qh, cw, units)[:, :, :qw].transpose(1, 2, 0, 3))
-        if d.gb is not None:
-            np.matmul(np.ones(n, dt), dy, out=d.gb)
-        dp = np.matmul(dy, self.wd.transpose(0, 2, 1), out=self.bufs.get(("dpooled", n), self.pooled.shape, dt))
+    def conv_backward(self, dp):
+        """The conv's gradients (into its stage's gradient arrays) from dL/d(pooled) ``dp``
+        (F, N, QH * CW, zero in the columns past QW)."""
+        c, f, (ph, pw), dt = self.conv, self.f, (self.ph, self.pw), dp.dtype
         if c.act_last:
             self.act.backward(dp, dp)
-        dyt = self.bufs.get(("dy", n), (ph * pw, dp.size), dt)  # one block per window position
+        dyt = self.bufs.get(("dy", dp.shape[1]), (ph * pw, dp.size), dt)  # one block per window position
         if c.pool.kind == "max":  # every position equal to its window's max gets the gradient
-            np.equal(self.y.reshape(ph * pw, -1), self.pooled.reshape(1, -1), out=dyt, casting="unsafe")
+            np.equal(self.y.reshape(ph * pw, -1), self.out.reshape(1, -1), out=dyt, casting="unsafe")
             np.multiply(dyt, dp.reshape(1, -1), out=dyt)
         else:
             np.divide(dp.reshape(1, -1), ph * pw, out=dyt[:1])
@@ -170,6 +157,21 @@ class TiledHead:
             c.gWm[c.k] = gsrc[c.W.size:-1]
         elif c.gb is not None:
             c.gb[...] = gsrc[c.W.size:-1]
+
+    def forward(self, x, training=False):
+        """The stage's output (N, QH, QW, F) for input ``x`` (N, H, W, 1)."""
+        n, (qh, qw, cw, f) = len(x), (self.qh, self.qw, self.cw, self.f)
+        pooled = self.pooled(x).reshape(f, n, qh, cw)
+        out = self.bufs.get(("nhwc", n), (n, qh, qw, f), x.dtype)
+        np.copyto(out, pooled[..., :qw].transpose(1, 2, 3, 0))
+        return out
+
+    def backward(self, dy):
+        """Gradients of the conv from ``dy`` (N, QH, QW, F); a first stage: no input gradient."""
+        n, (qh, qw, cw, f) = len(dy), (self.qh, self.qw, self.cw, self.f)
+        dp = self.bufs.get(("dp", n), (f, n, qh * cw), dy.dtype, zero="new")  # junk columns stay 0
+        np.copyto(dp.reshape(f, n, qh, cw)[..., :qw], dy.transpose(3, 0, 1, 2))
+        self.conv_backward(dp)
         return None
 
     def _weight_grad(self, dyt, cols):
@@ -181,3 +183,46 @@ class TiledHead:
         for s in range(CHUNK, dyt.shape[1], CHUNK):
             np.add(out, np.matmul(dyt[:, s:s + CHUNK], cols[:, s:s + CHUNK].T, out=tmp), out=out)
         return out
+
+
+class TiledHead(TiledConv):
+    """Stands for a plan's first three stages (conv stage as above, flatten, dense stage): the
+    dense layer reads the channel-first pooled values through its weights regrouped by channel."""
+
+    @staticmethod
+    def applies(stages: list) -> bool:
+        return TiledConv.applies(stages) and len(stages) >= 3 and type(stages[1]) is FlattenStage and \
+            type(stages[2]) is DenseStage
+
+    def __init__(self, conv: ConvStage, dense: DenseStage):
+        super().__init__(conv)
+        self.dense = dense
+        self.dense_act = ActOp(dense.act.kind) if dense.act is not None else None
+
+    def forward(self, x, training=False):
+        """The dense stage's output (N, units) for input ``x`` (N, H, W, 1)."""
+        n, (qh, qw, cw, f), dense, dt = len(x), (self.qh, self.qw, self.cw, self.f), self.dense, x.dtype
+        pooled = self.pooled(x)
+        units = dense.W.shape[1]
+        wd = self.bufs.get("wd", (f, qh * cw, units), dt, zero="new")  # junk columns' rows stay 0
+        np.copyto(wd.reshape(f, qh, cw, units)[:, :, :qw], dense.W.reshape(qh, qw, f, units).transpose(2, 0, 1, 3))
+        parts = np.matmul(pooled, wd, out=self.bufs.get(("parts", n), (f, n, units), dt))
+        out = np.add.reduce(parts, axis=0, out=self.bufs.get(("out", n), (n, units), dt))
+        if dense.b is not None:
+            out += dense.b
+        self.wd = wd
+        return self.dense_act.forward(out) if self.dense_act is not None else out
+
+    def backward(self, dy):
+        """The conv's and the dense layer's gradients from dL/d(dense output) ``dy`` (N, units)."""
+        d, n, dt = self.dense, len(dy), dy.dtype
+        (qh, qw, cw, f), units = (self.qh, self.qw, self.cw, self.f), dy.shape[1]
+        if self.dense_act is not None:
+            dy = self.dense_act.backward(dy, self.bufs.get(("dact", n), dy.shape, dt))
+        # the dense layer's weights: per channel pooled[f].T @ dy, put back in (QH, QW, F) row order
+        g = np.matmul(self.out.transpose(0, 2, 1), dy, out=self.bufs.get("gwd", (f, qh * cw, units), dt))
+        np.copyto(d.gW.reshape(qh, qw, f, units), g.reshape(f, qh, cw, units)[:, :, :qw].transpose(1, 2, 0, 3))
+        if d.gb is not None:
+            np.matmul(np.ones(n, dt), dy, out=d.gb)
+        self.conv_backward(np.matmul(dy, self.wd.transpose(0, 2, 1), out=self.bufs.get(("dpooled", n), self.out.shape, dt)))
+        return None
