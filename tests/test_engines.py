@@ -264,6 +264,20 @@ def test_seed_net_runs_tiled_from_min_macs_on_and_matches_the_reference():
         assert_close(grads_f[k], grads_r[k], k)
 
 
+def test_tiled_buffers_do_not_pile_up_over_image_counts(monkeypatch):
+    monkeypatch.setattr(tiles, "MIN_MACS", 0)
+    spec = preset(CONF_SEED, 12)
+    fast = make(spec, "fast", small_split=False)
+    x, y = batch(spec, n=9)
+    kept = []
+    for n in (9, 4, 7, 1, 9):
+        fast.engine.train(x[:n], y[:n], raw=True)
+        fast.predict_proba(x[:n])
+        head = fast.engine._plan(fast.engine.workers[0][0], n)[0]
+        kept.append(sorted((k, a.size) for k, a in head.bufs._d.items()))
+    assert type(head) is tiles.TiledHead and kept[1:] == kept[:1] * 4
+
+
 @pytest.mark.parametrize("conv,channels,pool", [
     (_conv(4, 3, 2), 1, (2, 2)), (_conv(4), 2, (2, 2)), (_conv(4, 3, 1, "same"), 1, (3, 2)), (_conv(4), 1, None)])
 def test_tiles_only_for_a_first_one_channel_stride_1_conv_into_a_tiling_pool(conv, channels, pool):

@@ -12,6 +12,7 @@ computed once on the whole batch's logits in the calling thread. ``chunk`` is 64
 when a conv with few filters would unroll a lot per image (its products are then bound by
 reading their operands, which should stay in the core's cache).
 
+Raw images run ``compile.tiled`` stages where their first conv is worth tiling (``tiles.py``).
 A batch too small to split runs in the calling thread, with a helper thread (``helper.py``)
 taking its big weight gradients and half of the optimizer's update.
 

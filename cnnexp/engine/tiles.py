@@ -96,35 +96,44 @@ class TiledConv:
         (r, c)), each CW columns wide; a patch offset (i, j) is then, for every tile (r, c), the
         value at (r + i // PH, c + j // PW) of phase (i % PH, j % PW): a shift of the flat
         phase by one offset, one contiguous copy per image. Columns c >= QW of each tile row
-        read past its end: finite values (the buffers start zeroed) that ``forward`` leaves out
-        and ``TiledHead``'s dense weights multiply by 0."""
+        read past its end (or are zeroed where a shift runs past the last): finite values that
+        ``forward`` leaves out and ``TiledHead``'s dense weights multiply by 0."""
         c, n, (ph, pw), (qh, cw) = self.conv, len(x), (self.ph, self.pw), (self.qh, self.cw)
         r = qh + (self.th - 1) // ph
         if not c.padded and c.hw == (r * ph, cw * pw):  # the phases fit the input exactly
             xq = x.reshape(x.shape[:3])
         else:
-            xq = self.bufs.get(("xq", n), (n, r * ph, cw * pw), x.dtype, zero="new")
+            xq = self.bufs.get("xq", (n, r * ph, cw * pw), x.dtype, zero="new")
             h, w = min(c.hw[0], r * ph - c.pt), min(c.hw[1], cw * pw - c.pl)
             xq[:, c.pt:c.pt + h, c.pl:c.pl + w] = x[:, :h, :w, 0]
-        phases = self.bufs.get(("phases", n), (ph, pw, n, r * cw), x.dtype)
+        phases = self._flat("phases", (ph, pw, n, r * cw), x.dtype)
         np.copyto(phases.reshape(ph, pw, n, r, cw), xq.reshape(n, r, ph, cw, pw).transpose(2, 4, 0, 1, 3))
-        cols = self.bufs.get(("cols", n), (self.rows, n, qh * cw), x.dtype, zero="new", fill=lambda a: a[-1].fill(1))
+        cols = self._flat("cols", (self.rows, n, qh * cw), x.dtype)
+        cols[-1] = 1
         for i in range(self.th):
             for j in range(self.tw):
                 at = (i // ph) * cw + j // pw
                 run = min(qh * cw, r * cw - at)
                 np.copyto(cols[i * self.tw + j, :, :run], phases[i % ph, j % pw, :, at:at + run])
+                cols[i * self.tw + j, :, run:] = 0
         return cols
+
+    def _flat(self, key, shape, dtype):
+        """A kept buffer of ``shape`` as the first values of a flat one (whose size is the
+        largest asked for): the image axis is not the first, so ``Buffers``' first-rows views
+        would not be contiguous, and one buffer per image count would pile up."""
+        size = int(np.prod(shape))
+        return self.bufs.get(key, (size,), dtype)[:size].reshape(shape)
 
     def pooled(self, x):
         """The conv, activation and pool of ``x`` (N, H, W, 1), channel-first: (F, N, QH * CW)."""
         n, (qh, cw, f), (ph, pw), c, dt = len(x), (self.qh, self.cw, self.f), (self.ph, self.pw), self.conv, x.dtype
         self.cols = cols = self._unroll(x)
-        self.y = y = self.bufs.get(("y", n), (ph * pw * f, n * qh * cw), dt)
+        self.y = y = self._flat("y", (ph * pw * f, n * qh * cw), dt)
         np.matmul(self._weights(dt), cols.reshape(self.rows, -1), out=y)
         if self.act is not None and not c.act_last:
             self.act.forward(y)
-        self.out = out = self.bufs.get(("pooled", n), (f, n, qh * cw), dt)
+        self.out = out = self._flat("pooled", (f, n, qh * cw), dt)
         ufunc = np.maximum if c.pool.kind == "max" else np.add
         ufunc.reduce(y.reshape(ph * pw, -1), axis=0, out=out.reshape(-1))
         if c.pool.kind == "avg":
@@ -139,7 +148,7 @@ class TiledConv:
         c, f, (ph, pw), dt = self.conv, self.f, (self.ph, self.pw), dp.dtype
         if c.act_last:
             self.act.backward(dp, dp)
-        dyt = self.bufs.get(("dy", dp.shape[1]), (ph * pw, dp.size), dt)  # one block per window position
+        dyt = self._flat("dy", (ph * pw, dp.size), dt)  # one block per window position
         if c.pool.kind == "max":  # every position equal to its window's max gets the gradient
             np.equal(self.y.reshape(ph * pw, -1), self.out.reshape(1, -1), out=dyt, casting="unsafe")
             np.multiply(dyt, dp.reshape(1, -1), out=dyt)
@@ -162,16 +171,17 @@ class TiledConv:
         """The stage's output (N, QH, QW, F) for input ``x`` (N, H, W, 1)."""
         n, (qh, qw, cw, f) = len(x), (self.qh, self.qw, self.cw, self.f)
         pooled = self.pooled(x).reshape(f, n, qh, cw)
-        out = self.bufs.get(("nhwc", n), (n, qh, qw, f), x.dtype)
+        out = self.bufs.get("nhwc", (n, qh, qw, f), x.dtype)
         np.copyto(out, pooled[..., :qw].transpose(1, 2, 3, 0))
         return out
 
     def backward(self, dy):
         """Gradients of the conv from ``dy`` (N, QH, QW, F); a first stage: no input gradient."""
         n, (qh, qw, cw, f) = len(dy), (self.qh, self.qw, self.cw, self.f)
-        dp = self.bufs.get(("dp", n), (f, n, qh * cw), dy.dtype, zero="new")  # junk columns stay 0
-        np.copyto(dp.reshape(f, n, qh, cw)[..., :qw], dy.transpose(3, 0, 1, 2))
-        self.conv_backward(dp)
+        dp = self._flat("dp", (f, n, qh, cw), dy.dtype)
+        np.copyto(dp[..., :qw], dy.transpose(3, 0, 1, 2))
+        dp[..., qw:] = 0  # the junk columns
+        self.conv_backward(dp.reshape(f, n, qh * cw))
         return None
 
     def _weight_grad(self, dyt, cols):
@@ -206,8 +216,8 @@ class TiledHead(TiledConv):
         units = dense.W.shape[1]
         wd = self.bufs.get("wd", (f, qh * cw, units), dt, zero="new")  # junk columns' rows stay 0
         np.copyto(wd.reshape(f, qh, cw, units)[:, :, :qw], dense.W.reshape(qh, qw, f, units).transpose(2, 0, 1, 3))
-        parts = np.matmul(pooled, wd, out=self.bufs.get(("parts", n), (f, n, units), dt))
-        out = np.add.reduce(parts, axis=0, out=self.bufs.get(("out", n), (n, units), dt))
+        parts = np.matmul(pooled, wd, out=self._flat("parts", (f, n, units), dt))
+        out = np.add.reduce(parts, axis=0, out=self.bufs.get("out", (n, units), dt))
         if dense.b is not None:
             out += dense.b
         self.wd = wd
@@ -218,11 +228,11 @@ class TiledHead(TiledConv):
         d, n, dt = self.dense, len(dy), dy.dtype
         (qh, qw, cw, f), units = (self.qh, self.qw, self.cw, self.f), dy.shape[1]
         if self.dense_act is not None:
-            dy = self.dense_act.backward(dy, self.bufs.get(("dact", n), dy.shape, dt))
+            dy = self.dense_act.backward(dy, self.bufs.get("dact", dy.shape, dt))
         # the dense layer's weights: per channel pooled[f].T @ dy, put back in (QH, QW, F) row order
         g = np.matmul(self.out.transpose(0, 2, 1), dy, out=self.bufs.get("gwd", (f, qh * cw, units), dt))
         np.copyto(d.gW.reshape(qh, qw, f, units), g.reshape(f, qh, cw, units)[:, :, :qw].transpose(1, 2, 0, 3))
         if d.gb is not None:
             np.matmul(np.ones(n, dt), dy, out=d.gb)
-        self.conv_backward(np.matmul(dy, self.wd.transpose(0, 2, 1), out=self.bufs.get(("dpooled", n), self.out.shape, dt)))
+        self.conv_backward(np.matmul(dy, self.wd.transpose(0, 2, 1), out=self._flat("dpooled", self.out.shape, dt)))
         return None
