@@ -57,6 +57,11 @@ class TiledConv:
         self.rows = self.th * self.tw + 1  # patch values and a row of ones (the bias)
         self.cw = self.qw + (self.tw - 1) // self.pw  # a phase's width (``_unroll``)
         self.index = self._weight_index()
+        r = self.qh + (self.th - 1) // self.ph  # a phase's rows
+        #: per patch offset (i, j): its row of ``cols``, its phase, its shift and run (``_unroll``)
+        self.shifts = [(i * self.tw + j, i % self.ph, j % self.pw, (i // self.ph) * self.cw + j // self.pw,
+                        min(self.qh * self.cw, (r - i // self.ph) * self.cw - j // self.pw))
+                       for i in range(self.th) for j in range(self.tw)]
         #: multiply-adds of the tile product per image: ``worth`` compares a batch's to MIN_MACS
         self.macs = self.index.size * self.qh * self.cw
         # own activation op (an op keeps its forward output for a backward)
@@ -110,12 +115,10 @@ class TiledConv:
         np.copyto(phases.reshape(ph, pw, n, r, cw), xq.reshape(n, r, ph, cw, pw).transpose(2, 4, 0, 1, 3))
         cols = self._flat("cols", (self.rows, n, qh * cw), x.dtype)
         cols[-1] = 1
-        for i in range(self.th):
-            for j in range(self.tw):
-                at = (i // ph) * cw + j // pw
-                run = min(qh * cw, r * cw - at)
-                np.copyto(cols[i * self.tw + j, :, :run], phases[i % ph, j % pw, :, at:at + run])
-                cols[i * self.tw + j, :, run:] = 0
+        for row, a, b, at, run in self.shifts:
+            np.copyto(cols[row, :, :run], phases[a, b, :, at:at + run])
+            if run < qh * cw:
+                cols[row, :, run:] = 0
         return cols
 
     def _flat(self, key, shape, dtype):
