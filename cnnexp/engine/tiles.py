@@ -62,7 +62,7 @@ class TiledConv:
         self.shifts = [(i * self.tw + j, i % self.ph, j % self.pw, (i // self.ph) * self.cw + j // self.pw,
                         min(self.qh * self.cw, (r - i // self.ph) * self.cw - j // self.pw))
                        for i in range(self.th) for j in range(self.tw)]
-        #: multiply-adds of the tile product per image: ``worth`` compares a batch's to MIN_MACS
+        #: multiply-adds of the tile product per image (``FastEngine._plan`` compares n x this to MIN_MACS)
         self.macs = self.index.size * self.qh * self.cw
         # own activation op (an op keeps its forward output for a backward)
         self.act = ActOp(conv.act.kind) if conv.act is not None else None
@@ -233,6 +233,7 @@ class TiledHead(TiledConv):
         if self.dense_act is not None:
             dy = self.dense_act.backward(dy, self.bufs.get("dact", dy.shape, dt))
         # the dense layer's weights: per channel pooled[f].T @ dy, put back in (QH, QW, F) row order
+        # (a reshape that splits one axis is a view whatever the layout: the copy lands in gW)
         g = np.matmul(self.out.transpose(0, 2, 1), dy, out=self.bufs.get("gwd", (f, qh * cw, units), dt))
         np.copyto(d.gW.reshape(qh, qw, f, units), g.reshape(f, qh, cw, units)[:, :, :qw].transpose(1, 2, 0, 3))
         if d.gb is not None:
