@@ -41,11 +41,13 @@ CHUNK_BYTES = 576 << 10
 FLAT_MAX_WIDTH = 1.1
 
 
-def thin_matmul_tn(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
+def thin_matmul_tn(a: np.ndarray, b: np.ndarray, out: np.ndarray, chunk: int | None = None) -> np.ndarray:
     """``out[...] = a.T @ b`` for tall ``a`` (rows x K) and ``b`` (rows x F); for K <= 32 (a
-    thin product, which slows down once its operands leave the cache) in chunks of rows."""
+    thin product, which slows down once its operands leave the cache) in chunks of rows, of
+    ``chunk`` rows when given."""
     rows, k = a.shape
-    chunk = max(1024, 1 << int(CHUNK_BYTES // ((k + b.shape[1]) * a.itemsize)).bit_length() - 1) if k <= 32 else rows
+    if chunk is None:
+        chunk = max(1024, 1 << int(CHUNK_BYTES // ((k + b.shape[1]) * a.itemsize)).bit_length() - 1) if k <= 32 else rows
     if rows <= chunk:
         return np.matmul(a.T, b, out=out)
     tmp = np.empty_like(out)

@@ -24,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 
 from .buffers import Buffers
-from .conv import ConvStage
+from .conv import ConvStage, thin_matmul_tn
 from .ops import ActOp
 from .stages import DenseStage, FlattenStage
 
@@ -32,7 +32,7 @@ from .stages import DenseStage, FlattenStage
 #: piece runs tiled: below it the conv stage was as fast or faster (per-call costs;
 #: benchmarks/NOTES.md, session 8)
 MIN_MACS = 3e6
-#: columns per chunk of the weight-gradient product (``TiledHead._weight_grad``)
+#: columns per chunk of the weight-gradient product (``TiledConv._weight_grad``)
 CHUNK = 1024
 
 
@@ -57,7 +57,7 @@ class TiledConv:
         self.rows = self.th * self.tw + 1  # patch values and a row of ones (the bias)
         self.cw = self.qw + (self.tw - 1) // self.pw  # a phase's width (``_unroll``)
         self.index = self._weight_index()
-        r = self.qh + (self.th - 1) // self.ph  # a phase's rows
+        self.r = r = self.qh + (self.th - 1) // self.ph  # a phase's rows (``_unroll``)
         #: per patch offset (i, j): its row of ``cols``, its phase, its shift and run (``_unroll``)
         self.shifts = [(i * self.tw + j, i % self.ph, j % self.pw, (i // self.ph) * self.cw + j // self.pw,
                         min(self.qh * self.cw, (r - i // self.ph) * self.cw - j // self.pw))
@@ -103,8 +103,7 @@ class TiledConv:
         phase by one offset, one contiguous copy per image. Columns c >= QW of each tile row
         read past its end (or are zeroed where a shift runs past the last): finite values that
         ``forward`` leaves out and ``TiledHead``'s dense weights multiply by 0."""
-        c, n, (ph, pw), (qh, cw) = self.conv, len(x), (self.ph, self.pw), (self.qh, self.cw)
-        r = qh + (self.th - 1) // ph
+        c, n, (ph, pw), (qh, cw, r) = self.conv, len(x), (self.ph, self.pw), (self.qh, self.cw, self.r)
         if not c.padded and c.hw == (r * ph, cw * pw):  # the phases fit the input exactly
             xq = x.reshape(x.shape[:3])
         else:
@@ -190,12 +189,7 @@ class TiledConv:
     def _weight_grad(self, dyt, cols):
         """``dyt @ cols.T``: a product with a long inner dimension, in chunks of it (BLAS ran it
         1.8x faster in chunks of 1,024 than whole; benchmarks/NOTES.md, session 8)."""
-        out = self.bufs.get("gt", self.index.shape, dyt.dtype)
-        np.matmul(dyt[:, :CHUNK], cols[:, :CHUNK].T, out=out)
-        tmp = self.bufs.get("gtmp", out.shape, out.dtype)
-        for s in range(CHUNK, dyt.shape[1], CHUNK):
-            np.add(out, np.matmul(dyt[:, s:s + CHUNK], cols[:, s:s + CHUNK].T, out=tmp), out=out)
-        return out
+        return thin_matmul_tn(dyt.T, cols.T, self.bufs.get("gt", self.index.shape, dyt.dtype), CHUNK)
 
 
 class TiledHead(TiledConv):
