@@ -14,7 +14,7 @@ import yaml
 
 from cnnexp.engine import FastEngine, ReferenceEngine, available_cores
 from cnnexp.engine import feed, tiles, winograd
-from cnnexp.engine.compile import group
+from cnnexp.engine.compile import crops, group
 from cnnexp.errors import ConfigError
 from cnnexp.layers.base import Layer
 from cnnexp.model import build_model
@@ -206,6 +206,32 @@ def test_input_gradient_paths_match_the_reference(k, stride, padding, pool, flat
         {"type": "flatten"}, {"type": "dense", "units": 3}, {"type": "softmax"}]}
     stages = make(spec, "fast").engine._workers(1)[0][0]
     assert stages[1].flat_dx is flat and (stages[1].blocks is not None) is (pool is not None and stride == 1)
+    compare_engines(spec, n=5, threads=(1, 2), batch_size=2)
+
+
+@pytest.mark.parametrize("size,layers,cut", [
+    # the benchmark's strided stack, small: a one-channel 'same' 5x5/2 conv into a 3x3/2 'valid'
+    # one, which reads 7 of the first conv's 8 rows and columns
+    (16, [_conv(4, 5, 2, "same"), {"type": "relu"}, _conv(6, 3, 2)], {0: (7, 7)}),
+    # a middle conv (its input gradient computed) cut in its columns only, then in both
+    (16, [_conv(3), {"type": "tanh"}, _conv(4), _conv(5, 3, [1, 2])], {1: (12, 11)}),
+    (16, [_conv(3), {"type": "tanh"}, _conv(4), {"type": "sigmoid"}, _conv(5, 3, 2)], {1: (11, 11)}),
+    # a Winograd conv (32 -> 32, 3x3 stride 1) whose 11 columns are cut to 10 by a 4x4/2 conv
+    (15, [_conv(32), {"type": "relu"}, _conv(32), {"type": "relu"}, _conv(4, 4, 2)], {1: (10, 10)}),
+    # nothing cut: the next conv is padded at the bottom and right, or reads every row, or a
+    # pool sits between
+    (16, [_conv(3, 3, 2, "same"), _conv(4, 3, 2, "same")], {}),
+    (15, [_conv(3), {"type": "relu"}, _conv(4, 3, 2)], {}),
+    (16, [_conv(3), {"type": "maxpool2d", "pool": 2}, _conv(4, 2, 2)], {})])
+def test_convs_compute_only_the_outputs_the_next_conv_reads(size, layers, cut):
+    spec = {"input_shape": [size, size, 1], "layers": layers + [
+        {"type": "flatten"}, {"type": "dense", "units": 3}, {"type": "softmax"}]}
+    fast = make(spec, "fast")
+    assert crops(fast.engine.groups) == cut
+    stages = fast.engine._workers(1)[0][0]
+    for i, (rows, cols) in cut.items():
+        assert (stages[i].oh, stages[i].ow) == (rows, cols) and stages[i + 1].hw == (rows, cols)
+        assert (stages[i].wino is not None) is (stages[i].c == 32)
     compare_engines(spec, n=5, threads=(1, 2), batch_size=2)
 
 

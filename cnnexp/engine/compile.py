@@ -42,15 +42,16 @@ def group(layers: list) -> list[tuple]:
     return out
 
 
-def build_stages(groups: list[tuple], grads: dict) -> list:
-    """Fresh stages (own buffers and forward state) for one worker writing into ``grads``."""
-    stages = []
-    for n, (kind, g) in enumerate(groups):
+def build_stages(groups: list[tuple], grads: dict, count: int | None = None) -> list:
+    """Fresh stages (own buffers and forward state) for one worker writing into ``grads``
+    (of the first ``count`` groups when given)."""
+    stages, cut = [], crops(groups)
+    for n, (kind, g) in enumerate(groups[:count]):
         first = n == 0
         if kind == "conv":
             act = next((ActOp.of(l) for l in g[1:] if ActOp.of(l) is not None), None)
             pool = next((PoolOp(l) for l in g[1:] if PoolOp.accepts(l)), None)
-            stages.append(ConvStage(g[0], grads, act, pool, first))
+            stages.append(ConvStage(g[0], grads, act, pool, first, cut.get(n), cut.get(n - 1)))
         elif kind == "dense":
             stages.append(DenseStage(g[0], grads, ActOp.of(g[1]) if len(g) > 1 else None, first))
         elif kind == "op":
@@ -62,6 +63,27 @@ def build_stages(groups: list[tuple], grads: dict) -> list:
         else:
             stages.append(LayerStage(g[0], grads, first))
     return stages
+
+
+def crops(groups: list[tuple]) -> dict:
+    """``{group: (rows, cols)}`` for each conv (with no pool) whose next stage is a conv that
+    never reads its last output rows or columns (a strided 'valid' conv whose windows stop
+    short of the edge): only the part read is computed (the same values and gradients: the
+    rest would get no gradient)."""
+    out = {}
+    for n in range(len(groups) - 1):
+        (kind, g), (nkind, ng) = groups[n], groups[n + 1]
+        if kind != "conv" or len(g) != sum(1 for l in g if not PoolOp.accepts(l)) or nkind != "conv":
+            continue
+        nxt = ng[0]
+        h, w, _ = nxt.input_shape
+        (pt, pb), (pl, pr) = nxt.pads(h, w)
+        oh, ow, _ = nxt.output_shape
+        rows = h if pb else min(h, (oh - 1) * nxt.sh + nxt.kh - pt)
+        cols = w if pr else min(w, (ow - 1) * nxt.sw + nxt.kw - pl)
+        if (rows, cols) != (h, w):
+            out[n] = (rows, cols)
+    return out
 
 
 def tiled(stages: list) -> list:

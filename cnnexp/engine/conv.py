@@ -70,14 +70,19 @@ def joined(w: np.ndarray, b) -> np.ndarray | None:
 
 
 class ConvStage:
-    def __init__(self, conv, grads: dict, act=None, pool=None, first: bool = False):
+    def __init__(self, conv, grads: dict, act=None, pool=None, first: bool = False, out_hw=None, in_hw=None):
+        """``out_hw``: the output rows and columns computed (a top-left part of the layer's,
+        when the next stage never reads the rest, see ``compile.crops``); ``in_hw``: the input
+        rows and columns received (the previous stage's ``out_hw``)."""
         self.W = conv.params["W"]
         self.kh, self.kw, self.sh, self.sw = conv.kh, conv.kw, conv.sh, conv.sw
         h, w, self.c = conv.input_shape
         (self.pt, pb), (self.pl, pr) = conv.pads(h, w)
+        h, w = in_hw or (h, w)
         self.hw, self.hpwp = (h, w), (h + self.pt + pb, w + self.pl + pr)
         self.padded = (self.pt, pb, self.pl, pr) != (0, 0, 0, 0)
         self.oh, self.ow, self.f = conv.output_shape
+        self.oh, self.ow = out_hw or (self.oh, self.ow)
         self.k = self.kh * self.kw * self.c
         b, gW, gb = conv.params.get("b"), grads[f"{conv.name}.W"], grads.get(f"{conv.name}.b")
         wb, gwb = joined(self.W, b), joined(gW, gb)
@@ -113,7 +118,7 @@ class ConvStage:
         """The kernel windows of ``x`` in ``cols`` row order: (N, OH, OW, KH, KW, C), or
         (N, PH, PW, OH/PH, OW/PW, KH, KW, C) in blocks."""
         if self.blocks is None:
-            return windows(x, self.kh, self.kw, self.sh, self.sw)
+            return windows(x, self.kh, self.kw, self.sh, self.sw)[:, :self.oh, :self.ow]
         ph, pw = self.blocks
         n, _, _, c = x.shape
         s0, s1, s2, s3 = x.strides

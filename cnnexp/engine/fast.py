@@ -149,7 +149,7 @@ class FastEngine:
 
     def _prep_stage(self):
         if self.prep is None:
-            st = build_stages(self.groups[:1], self.model.grads)[0]  # it only unrolls: no gradients
+            st = build_stages(self.groups, self.model.grads, 1)[0]  # it only unrolls: no gradients
             self.prep = st if isinstance(st, ConvStage) else False
         return self.prep or None
 
