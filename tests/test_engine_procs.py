@@ -80,7 +80,7 @@ def test_inference_on_processes_gives_the_numbers_threads_give(monkeypatch):
     out = {}
     for mode in ("threads", "processes"):
         m = model(monkeypatch, mode)
-        m.engine.chunk = 4  # six chunks over three parts
+        m.engine.infer_chunk = 4  # six chunks over three parts
         out[mode] = (m.predict_proba(x), m.evaluate(x, y))
         if mode == "processes":
             assert len(m.engine.procs.procs) == 2

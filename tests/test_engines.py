@@ -14,6 +14,7 @@ import yaml
 
 from cnnexp.engine import FastEngine, ReferenceEngine, available_cores
 from cnnexp.engine import feed, tiles, winograd
+from cnnexp.engine.infer import chunk as infer_chunk
 from cnnexp.engine.compile import crops, group
 from cnnexp.errors import ConfigError
 from cnnexp.layers.base import Layer
@@ -40,7 +41,7 @@ def assert_close(a, b, what):
 def make(spec, engine, threads=1, seed=0, small_split=True):
     m = build_model(spec, seed=seed, dtype="float64", scale=1 / 255, shift=-0.5, engine=engine, threads=threads)
     if small_split and isinstance(m.engine, FastEngine):
-        m.engine.split_min_batch, m.engine.chunk = 2, 3  # split and chunk even small batches
+        m.engine.split_min_batch, m.engine.chunk, m.engine.infer_chunk = 2, 3, 3  # split and chunk even small batches
     return m
 
 
@@ -535,6 +536,25 @@ def test_chunks_shrink_for_convs_with_few_filters():
                                                      {"type": "conv2d", "filters": 24, "kernel_size": 5, "padding": "same"},
                                                      {"type": "flatten"}, {"type": "dense", "units": 10}, {"type": "softmax"}]}
     assert build_model(wide5).engine.chunk == 8  # 28x28 x (5*5*12 + 1) x 4 = 944 KB an image: the floor
+
+
+def test_inference_chunks_keep_the_largest_unrolled_input_within_4_mb():
+    """Inference chunks of at most 128 images, halved (down to 8) while the largest input a
+    stage of the plan unrolls would exceed 4 MB per chunk."""
+    root = Path(__file__).parent.parent / "conf/model"
+    chunks = {name: infer_chunk(build_model(preset(root / f"{name}.yaml")).engine)
+              for name in ("seed", "lenet5", "keras_mnist")}
+    # seed: tiled, (4*4 + 1) x 13 x 14 values = 12 KB an image; lenet5's second conv 10x10 x
+    # (5*5*6 + 1) x 4 bytes = 60 KB; keras_mnist's first conv 26x26 x 10 x 4 = 27 KB (its second
+    # runs by Winograd and unrolls nothing)
+    assert chunks == {"seed": 128, "lenet5": 64, "keras_mnist": 128}
+    wide5 = {"input_shape": [28, 28, 1], "layers": [{"type": "conv2d", "filters": 12, "kernel_size": 5, "padding": "same"},
+                                                     {"type": "conv2d", "filters": 24, "kernel_size": 5, "padding": "same"},
+                                                     {"type": "flatten"}, {"type": "dense", "units": 10}, {"type": "softmax"}]}
+    assert infer_chunk(build_model(wide5).engine) == 8  # 28x28 x (5*5*12 + 1) x 4 = 944 KB an image: the floor
+    m = build_model(wide5)
+    m.engine.infer_chunk = 5  # a caller's setting is kept
+    assert infer_chunk(m.engine) == 5
 
 
 def test_training_parts_run_in_pieces_of_the_chunk(monkeypatch):

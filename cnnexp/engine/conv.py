@@ -113,6 +113,8 @@ class ConvStage:
         #: not for a first stage, whose input may arrive unrolled ahead (``cols``)
         self.wino = winograd.WinogradF23(self.kh, self.c, self.f, self.oh, self.ow, self.blocks) \
             if not first and winograd.applies(self.kw, (self.sh, self.sw), self.ow, self.c, self.f, self.blocks) else None
+        #: values a forward unrolls per image (none by Winograd)
+        self.unrolled = 0 if self.wino is not None else self.oh * self.ow * self.width
 
     def _windows(self, x):
         """The kernel windows of ``x`` in ``cols`` row order: (N, OH, OW, KH, KW, C), or

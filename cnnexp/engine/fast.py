@@ -6,11 +6,10 @@ in the calling thread); a part of more than ``chunk`` images runs in pieces of `
 Dropout masks are drawn for the whole batch first, in layer order, and each part gets its rows;
 the loss is averaged over the whole batch in every part; the pieces' and then the parts'
 gradients are summed in order. So results do not depend on the thread count beyond float
-rounding, and a given thread count always gives the same numbers. Inference runs in chunks of
-``chunk`` images, the chunks divided between the workers; softmax, loss and accuracy are
-computed once on the whole batch's logits in the calling thread. ``chunk`` is 64 images, fewer
+rounding, and a given thread count always gives the same numbers. ``chunk`` is 64 images, fewer
 when a conv with few filters would unroll a lot per image (its products are then bound by
-reading their operands, which should stay in the core's cache).
+reading their operands, which should stay in the core's cache). Inference runs in chunks of
+its own size (``infer.py``), divided between the workers.
 
 Raw images run ``compile.tiled`` stages where their first conv is worth tiling (``tiles.py``).
 A batch too small to split runs in the calling thread, with a helper thread (``helper.py``)
@@ -49,7 +48,7 @@ class FastEngine:
     split_min_flops = 7e7
     #: the same three with worker processes, whose hand-off costs far less
     SPLIT_WITH_PROCESSES = (16, 2, 1e7)
-    #: images per chunk in inference and per piece of a training part (keeps temporaries near
+    #: images per piece of a training part (keeps temporaries near
     #: the core's cache): at most this ...
     chunk = 64
     #: ... and fewer when a conv with fewer than NARROW filters (a product BLAS runs far below its
@@ -70,6 +69,7 @@ class FastEngine:
         self.workers: list[tuple[list, dict]] = []
         self.lock = threading.Lock()
         self.prep = None  # the stage that unrolls prepared blocks (False: the plan has none)
+        self.infer_chunk = None  # images per inference chunk (``infer.chunk``, set on first use)
         self.out_shape = body[-1].output_shape if body else model.input_shape
         self.chunk = self._chunk(body)
         self._tiled: dict[int, tuple] = {}  # per worker: its stages and ``tiled`` ones

@@ -1,6 +1,6 @@
-"""Inference on the fast engine: raw images forward in chunks of ``engine.chunk``, the chunks
-divided between the workers (the calling thread and worker processes, or threads); softmax,
-loss and accuracy computed once on the whole batch's logits in the calling thread."""
+"""Inference on the fast engine: raw images forward in chunks (``chunk``), the chunks divided
+between the workers (the calling thread and worker processes, or threads); softmax, loss and
+accuracy computed once on the whole batch's logits in the calling thread."""
 
 from __future__ import annotations
 
@@ -11,13 +11,32 @@ from .loss import softmax_probs, softmax_xent
 from .threads import run_parts, split_rows
 
 
+#: images per chunk: at most CHUNK, halved (down to MIN_CHUNK) while the largest input a stage
+#: unrolls (a conv's or a tiled conv's ``cols``) would exceed CHUNK_BYTES in a chunk; larger
+#: chunks make fewer calls, smaller ones keep that input nearer the core (benchmarks/NOTES.md,
+#: session 9, for the measurements behind the three numbers)
+CHUNK, CHUNK_BYTES, MIN_CHUNK = 128, 4 << 20, 8
+
+
+def chunk(engine) -> int:
+    """The engine's inference chunk (``engine.infer_chunk``: set on first use, or by a caller)."""
+    if engine.infer_chunk is None:
+        stages = engine._plan(engine._workers(1)[0][0], CHUNK)
+        per = max([getattr(s, "unrolled", 0) for s in stages]) * engine.model.dtype.itemsize
+        step = CHUNK
+        while step > MIN_CHUNK and step * per > CHUNK_BYTES:
+            step //= 2
+        engine.infer_chunk = step
+    return engine.infer_chunk
+
+
 def infer(engine, images, labels=None, out=None, batch_size=None):
     """Forward of raw ``images`` in chunks; probabilities into ``out`` when given;
     returns ``(loss_sum, correct)`` when ``labels`` are given, else ``(0.0, 0)``."""
     model = engine.model
     n = len(images)
     model.check_images(images)
-    step = max(1, min(batch_size or engine.chunk, engine.chunk))
+    step = max(1, min(batch_size or chunk(engine), chunk(engine)))
     last = model.layers[-2].output_shape if model.loss_layer is not None and len(model.layers) > 1 \
         else model.output_shape
     logits = np.empty((n,) + tuple(last), model.dtype)

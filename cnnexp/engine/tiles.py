@@ -64,6 +64,7 @@ class TiledConv:
                        for i in range(self.th) for j in range(self.tw)]
         #: multiply-adds of the tile product per image (``FastEngine._plan`` compares n x this to MIN_MACS)
         self.macs = self.index.size * self.qh * self.cw
+        self.unrolled = self.rows * self.qh * self.cw  # values ``_unroll`` writes per image
         # own activation op (an op keeps its forward output for a backward)
         self.act = ActOp(conv.act.kind) if conv.act is not None else None
         self.bufs = Buffers()
