@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from cnnexp.engine import FastEngine, ReferenceEngine, available_cores
-from cnnexp.engine import feed, tiles, winograd
+from cnnexp.engine import feed, fused, tiles, winograd
 from cnnexp.engine.infer import chunk as infer_chunk
 from cnnexp.engine.compile import crops, group
 from cnnexp.errors import ConfigError
@@ -337,6 +337,36 @@ def test_winograd_convs_match_the_reference(kernel, padding, pool, bias, act, mo
         fast.engine.train(x[:n], y[:n], raw=True)
         assert stages[1].winograd is used
     compare_engines(spec, n=5, threads=(1, 2), batch_size=2)
+
+
+@pytest.mark.parametrize("kernel,pool,bias,dtype", [
+    (3, "maxpool2d", True, "float32"), (3, None, False, "float64"), ([5, 3], None, True, "float32"),
+    (3, "avgpool2d", False, "float32")])
+def test_fused_winograd_passes_give_the_numpy_passes_numbers(kernel, pool, bias, dtype, monkeypatch):
+    # the compiled loops (fused.py) against the numpy passes they replace: bit for bit, in the
+    # conv's output, its weight and bias gradients and its input gradient (plain and 2x2-pool
+    # blocked outputs, three and five kernel rows, both float types); two images per chunk
+    if fused.kernels() is None:
+        pytest.skip("numba is not installed: only the numpy passes run")
+    monkeypatch.setattr(winograd, "CHUNK_ROWS", 2 * 8 * 4)  # 8x8 outputs: 32 product rows an image
+    conv2 = {**_conv(32, kernel, 1, "same"), "bias": bias}
+    spec = {"input_shape": [10, 10, 1], "layers": [_conv(32), {"type": "relu"}, conv2, {"type": "tanh"}] + (
+        [{"type": pool, "pool": 2}] if pool else []) + [{"type": "flatten"}, {"type": "dense", "units": 3},
+                                                          {"type": "softmax"}]}
+    x, y = batch(spec, n=5)
+    out = {}
+    for mode in ("fused", "numpy"):
+        if mode == "numpy":
+            monkeypatch.setattr(fused, "_KERNELS", [None])
+        m = build_model(spec, seed=0, dtype=dtype, scale=1 / 255, shift=-0.5, engine="fast", threads=1)
+        st = m.engine._workers(1)[0][0][1]
+        assert st.wino is not None and st.wino.chunk == 2
+        loss, grads = m.loss_and_grads(x, y)
+        out[mode] = (loss, {k: v.copy() for k, v in grads.items()}, m.predict_proba(x))
+    assert out["fused"][0] == out["numpy"][0]
+    for k in out["numpy"][1]:
+        np.testing.assert_array_equal(out["fused"][1][k], out["numpy"][1][k], err_msg=k)
+    np.testing.assert_array_equal(out["fused"][2], out["numpy"][2])
 
 
 @pytest.mark.parametrize("c,f,k,size,first", [(16, 32, 3, 10, False), (32, 32, 2, 10, False), (32, 32, 3, 11, False),

@@ -28,6 +28,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
+from . import fused
 from .buffers import Buffers
 
 #: product rows (output positions / 2) per chunk of images
@@ -94,20 +95,27 @@ class WinogradF23:
         # (4, rows, K), kept in a flat buffer (so that fewer rows reuse it, see Buffers)
         self.V = V = self.bufs.get("V", (4 * n * r * self.k,), dt).reshape(4, n * r, self.k)
         M = self.bufs.get("M", (4, self.chunk * r, self.f), dt)
-        d = self._inputs(xp)
+        d, k = self._inputs(xp), fused.kernels()
         for a in range(0, n, self.chunk):
             e = min(n, a + self.chunk)
             m = (e - a) * r
             Vc = V[:, a * r:e * r]
             v = Vc.reshape(4, e - a, self.oh, self.v, self.kh, self.c)
-            d0, d1, d2, d3 = (dk[a:e] for dk in d)
-            np.subtract(d0, d2, out=v[0])
-            np.add(d1, d2, out=v[1])
-            np.subtract(d2, d1, out=v[2])
-            np.subtract(d1, d3, out=v[3])
+            if k:
+                k["input"](xp[a:e], v)
+            else:
+                d0, d1, d2, d3 = (dk[a:e] for dk in d)
+                np.subtract(d0, d2, out=v[0])
+                np.add(d1, d2, out=v[1])
+                np.subtract(d2, d1, out=v[2])
+                np.subtract(d1, d3, out=v[3])
             Mc = M[:, :m]
             np.matmul(Vc, self.U, out=Mc)
             y0, y1 = self._columns(y[a:e])
+            if k:
+                y0, y1 = self._five(y0), self._five(y1)
+                k["output"](Mc.reshape((4,) + y0.shape), y0, y1, b if b is not None else Mc[0, 0], b is not None)
+                continue
             m0, m1, m2, m3 = (x.reshape(y0.shape) for x in Mc)
             np.add(m0, m1, out=y0)
             y0 += m2
@@ -116,6 +124,10 @@ class WinogradF23:
             if b is not None:
                 y[a:e] += b
         return y
+
+    def _five(self, c):
+        """A column view as (N, U, A, V, F): rows 2u + a of a blocked output, A = 1 for a plain one."""
+        return c if c.ndim == 5 else c[:, :, None]
 
     def backward(self, dy, gW, gb, dxp):
         """``gW`` (KH, 3, C, F) and ``gb`` (F,) or None from ``dy`` (laid out as the output);
@@ -128,6 +140,7 @@ class WinogradF23:
         ones = self.bufs.get("ones", (self.chunk * r,), dt, fill=lambda a: a.fill(1))
         if gb is not None:
             gb[...] = 0
+        k = fused.kernels()
         dV = self.bufs.get("dV", (4, self.chunk * r, self.k), dt)
         dd = self.bufs.get("dd", (2, self.chunk * r, self.k), dt)
         for a in range(0, n, self.chunk):
@@ -135,11 +148,15 @@ class WinogradF23:
             m = (e - a) * r
             dy0, dy1 = self._columns(dy[a:e])
             D = DM[:, :m]
-            d0, d1, d2, d3 = (x.reshape(dy0.shape) for x in D)
-            np.copyto(d0, dy0)
-            np.add(dy0, dy1, out=d1)
-            np.subtract(dy0, dy1, out=d2)
-            np.copyto(d3, dy1)  # dm3 = -dy1: the sign goes to dU3 and dV3 below
+            if k:
+                dy0, dy1 = self._five(dy0), self._five(dy1)
+                k["dm"](dy0, dy1, D.reshape((4,) + dy0.shape))
+            else:
+                d0, d1, d2, d3 = (x.reshape(dy0.shape) for x in D)
+                np.copyto(d0, dy0)
+                np.add(dy0, dy1, out=d1)
+                np.subtract(dy0, dy1, out=d2)
+                np.copyto(d3, dy1)  # dm3 = -dy1: the sign goes to dU3 and dV3 below
             np.matmul(self.V[:, a * r:e * r].transpose(0, 2, 1), D, out=dU if a == 0 else dUc)
             if a:
                 dU += dUc
@@ -156,6 +173,9 @@ class WinogradF23:
 
     def _input_grad(self, D, dV, dd, dxp):
         np.matmul(D, self.U.transpose(0, 2, 1), out=dV)  # dV[3] holds -dV3
+        k = fused.kernels()
+        if k:
+            return k["input_grad"](dV.reshape(4, len(dxp), self.oh, self.v, self.kh, self.c), dxp, dxp.dtype.type(0))
         np.subtract(dV[1], dV[2], out=dd[0])  # dd1 = dV1 - dV2 + dV3
         dd[0] -= dV[3]
         np.add(dV[1], dV[2], out=dd[1])  # dd2 = dV1 + dV2 - dV0
