@@ -369,6 +369,52 @@ def test_fused_winograd_passes_give_the_numpy_passes_numbers(kernel, pool, bias,
     np.testing.assert_array_equal(out["fused"][2], out["numpy"][2])
 
 
+@pytest.mark.parametrize("k,stride,padding", [(5, 1, "same"), (3, 2, "valid"), ([3, 5], [2, 1], "same")])
+def test_fused_shifted_adds_give_the_numpy_adds_numbers(k, stride, padding, monkeypatch):
+    # a conv stage's input gradient (one add per kernel offset) as one compiled loop, bit for bit
+    if fused.kernels() is None:
+        pytest.skip("numba is not installed: only the numpy passes run")
+    spec = {"input_shape": [12, 12, 1], "layers": [_conv(6), {"type": "sigmoid"}, _conv(5, k, stride, padding),
+                                                   {"type": "flatten"}, {"type": "dense", "units": 3}, {"type": "softmax"}]}
+    x, y = batch(spec, n=4)
+    out = {}
+    for mode in ("fused", "numpy"):
+        if mode == "numpy":
+            monkeypatch.setattr(fused, "_KERNELS", [None])
+        m = build_model(spec, seed=0, dtype="float32", scale=1 / 255, shift=-0.5, engine="fast", threads=1)
+        assert not m.engine._workers(1)[0][0][1].flat_dx
+        out[mode] = {k: v.copy() for k, v in m.loss_and_grads(x, y)[1].items()}
+    for name in out["numpy"]:
+        np.testing.assert_array_equal(out["fused"][name], out["numpy"][name], err_msg=name)
+
+
+@pytest.mark.parametrize("act,dtype", [("relu", "float32"), ("tanh", "float64"), ("sigmoid", "float32")])
+def test_fused_activation_and_max_pool_gradients_give_the_numpy_numbers(act, dtype, monkeypatch):
+    # the element-wise backward passes (ops.py) as compiled loops for arrays of >= MIN_SIZE
+    # values, bit for bit: an activation before a max-pool and one after a conv with no pool
+    if fused.kernels() is None:
+        pytest.skip("numba is not installed: only the numpy passes run")
+    monkeypatch.setattr(fused, "MIN_SIZE", 1000)
+    spec = {"input_shape": [12, 12, 1], "layers": [_conv(8), {"type": act}, {"type": "maxpool2d", "pool": 2},
+                                                   _conv(12), {"type": act}, {"type": "flatten"},
+                                                   {"type": "dense", "units": 3}, {"type": "softmax"}]}
+    x, y = batch(spec, n=4)  # 4 x 10x10x8 and 4 x 3x3x12 = 432 values: the second stays numpy's
+    calls, real = [], fused.kernels()
+    out = {}
+    for mode in ("fused", "numpy"):
+        if mode == "numpy":
+            monkeypatch.setattr(fused, "_KERNELS", [None])
+        else:
+            monkeypatch.setattr(fused, "_KERNELS", [{k: (lambda k: lambda *a: calls.append(k) or real[k](*a))(k)
+                                                     for k in real}])
+        m = build_model(spec, seed=0, dtype=dtype, scale=1 / 255, shift=-0.5, engine="fast", threads=1)
+        out[mode] = {k: v.copy() for k, v in m.loss_and_grads(x, y)[1].items()}
+    ops_calls = set(calls) & {"act_backward", "max_pool_backward"}
+    assert ops_calls == {"max_pool_backward"} | ({"act_backward"} if act != "relu" else set())
+    for name in out["numpy"]:
+        np.testing.assert_array_equal(out["fused"][name], out["numpy"][name], err_msg=name)
+
+
 @pytest.mark.parametrize("c,f,k,size,first", [(16, 32, 3, 10, False), (32, 32, 2, 10, False), (32, 32, 3, 11, False),
                                               (32, 32, 3, 10, True)])
 def test_winograd_only_where_it_was_measured_to_win(c, f, k, size, first):

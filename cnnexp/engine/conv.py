@@ -28,7 +28,7 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from ..layers.conv import windows
-from . import helper, winograd
+from . import fused, helper, winograd
 from .buffers import Buffers
 
 #: bytes of both operands per chunk of the thin weight-gradient product (chunks that fit the
@@ -274,6 +274,8 @@ class ConvStage:
                 for j in range(self.kw):
                     at = (i * wp + j) * c
                     d[:, at:at + run] += t[i * self.kw + j, :, :run]
+        elif fused.kernels():  # the same adds in the same order, as one compiled loop
+            fused.kernels()["shifted_adds"](t.reshape(kk, n, oh, ow, c), dxp, self.kw, self.sh, self.sw)
         else:
             sh, sw, t = self.sh, self.sw, t.reshape(kk, n, oh, ow, c)
             for i in range(self.kh):

@@ -1,4 +1,5 @@
-"""Compiled loops (numba) for the array passes of Winograd F(2, 3) (``winograd.py``).
+"""Compiled loops (numba) for the array passes of Winograd F(2, 3) (``winograd.py``) and the
+conv stage's input-gradient adds (``conv.py``).
 
 numpy runs each transform as several passes over whole arrays (four for the input transform,
 five for the output transform and bias, four for the backward's ``dm``, four plus twelve shifted
@@ -19,10 +20,13 @@ from __future__ import annotations
 import os
 
 _KERNELS: list = []  # [kernels or None], filled on first use
+#: fewest values for which the element-wise backward passes (``ops.py``) call a compiled loop
+#: (a call costs a few microseconds more than a numpy pass: small arrays keep numpy's)
+MIN_SIZE = 1 << 14
 
 
 def kernels():
-    """The compiled loops (``input``, ``output``, ``dm``, ``input_grad``), or None."""
+    """The compiled loops by name (see ``_compile``), or None."""
     if not _KERNELS:
         _KERNELS.append(_compile() if os.environ.get("CNNEXP_FUSED", "1") != "0" else None)
     return _KERNELS[0]
@@ -128,4 +132,47 @@ def _compile():
                                 for ch in range(c):
                                     dxp[a, h + i, col, ch] += dv[3, a, h, u, i, ch]
 
-    return {"input": input_t, "output": output_t, "dm": dm_t, "input_grad": input_grad_t}
+    @jit
+    def shifted_adds(t, dxp, kw, sh, sw):
+        """``dxp[:, i + sh * h, j + sw * w] += t[i * kw + j, :, h, w]`` for every kernel offset
+        (i, j) in order (``conv.ConvStage._input_grad``'s adds, one loop)."""
+        kk, n, oh, ow, c = t.shape
+        for o in range(kk):
+            i, j = o // kw, o % kw
+            for a in range(n):
+                for h in range(oh):
+                    for w in range(ow):
+                        r, q = i + sh * h, j + sw * w
+                        for ch in range(c):
+                            dxp[a, r, q, ch] += t[o, a, h, w, ch]
+
+    @jit
+    def act_backward(kind, dy, y, out, one):
+        """``out = dy * f'`` over flat arrays as ``ops.ActOp.backward``'s passes compute it: relu
+        ``dy * (y > 0)``, tanh ``dy * (1 - y * y)``, sigmoid ``dy * ((1 - y) * y)``; ``one`` a 1
+        of the arrays' type (the arithmetic stays in it)."""
+        zero = one - one
+        for e in range(out.size):
+            v = y[e]
+            if kind == 0:
+                t = one if v > zero else zero
+            elif kind == 1:
+                t = v * v
+                t = one - t
+            else:
+                t = one - v
+                t = t * v
+            out[e] = dy[e] * t
+
+    @jit
+    def max_pool_backward(y, o, g, d, one):
+        """``d[n, b] = (y[n, b] == o[n]) * g[n]`` for the (N, PH*PW, rest) block view."""
+        n, k, r = y.shape
+        zero = one - one
+        for a in range(n):
+            for b in range(k):
+                for e in range(r):
+                    t = one if y[a, b, e] == o[a, e] else zero
+                    d[a, b, e] = t * g[a, e]
+
+    return {"act_backward": act_backward, "max_pool_backward": max_pool_backward, "input": input_t, "output": output_t, "dm": dm_t, "input_grad": input_grad_t, "shifted_adds": shifted_adds}

@@ -11,7 +11,10 @@ import numpy as np
 
 from ..layers.activations import ReLU, Sigmoid, Tanh
 from ..layers.pool import AvgPool2D, MaxPool2D
+from . import fused
 from .buffers import Buffers
+
+KIND_CODES = {"relu": 0, "tanh": 1, "sigmoid": 2}  # ``fused``'s activation codes
 
 
 class ActOp:
@@ -46,6 +49,10 @@ class ActOp:
 
     def backward(self, dy, out):
         y = self.y
+        k = fused.kernels() if y.size >= fused.MIN_SIZE else None
+        if k and y.flags.c_contiguous and dy.flags.c_contiguous and out.flags.c_contiguous:
+            k["act_backward"](KIND_CODES[self.kind], dy.reshape(-1), y.reshape(-1), out.reshape(-1), y.dtype.type(1))
+            return out
         if self.kind == "relu":
             return np.multiply(dy, np.greater(y, 0, out=self.bufs.get("m", y.shape, np.bool_)), out=out)
         t = self.bufs.get("t", y.shape, y.dtype)
@@ -149,6 +156,10 @@ class PoolOp:
         if self.kind == "avg":
             np.divide(g, k, out=d3[:, :1])
             d3[:, 1:] = d3[:, :1]
+            return dy
+        f = fused.kernels() if dy.size >= fused.MIN_SIZE else None
+        if f and y.flags.c_contiguous and self.out.flags.c_contiguous and dout.flags.c_contiguous:
+            f["max_pool_backward"](y.reshape(n, k, -1), self.out.reshape(n, -1), dout.reshape(n, -1), d3, y.dtype.type(1))
             return dy
         m = self.bufs.get("m3", d3.shape, np.bool_)
         np.equal(y.reshape(n, k, -1), self.out.reshape(n, 1, -1), out=m)
