@@ -147,22 +147,13 @@ def _compile():
                             dxp[a, r, q, ch] += t[o, a, h, w, ch]
 
     @jit
-    def act_backward(kind, dy, y, out, one):
-        """``out = dy * f'`` over flat arrays as ``ops.ActOp.backward``'s passes compute it: relu
-        ``dy * (y > 0)``, tanh ``dy * (1 - y * y)``, sigmoid ``dy * ((1 - y) * y)``; ``one`` a 1
-        of the arrays' type (the arithmetic stays in it)."""
+    def relu_backward(dy, y, out, one):
+        """``out = dy * (y > 0)`` over flat arrays, as ``ops.ActOp.backward``'s two passes give
+        it (``one`` a 1 of the arrays' type). Not for tanh and sigmoid: their numpy passes ran
+        faster than one loop (benchmarks/NOTES.md, session 9)."""
         zero = one - one
         for e in range(out.size):
-            v = y[e]
-            if kind == 0:
-                t = one if v > zero else zero
-            elif kind == 1:
-                t = v * v
-                t = one - t
-            else:
-                t = one - v
-                t = t * v
-            out[e] = dy[e] * t
+            out[e] = dy[e] * (one if y[e] > zero else zero)
 
     @jit
     def max_pool_backward(y, o, g, d, one):
@@ -175,4 +166,4 @@ def _compile():
                     t = one if y[a, b, e] == o[a, e] else zero
                     d[a, b, e] = t * g[a, e]
 
-    return {"act_backward": act_backward, "max_pool_backward": max_pool_backward, "input": input_t, "output": output_t, "dm": dm_t, "input_grad": input_grad_t, "shifted_adds": shifted_adds}
+    return {"relu_backward": relu_backward, "max_pool_backward": max_pool_backward, "input": input_t, "output": output_t, "dm": dm_t, "input_grad": input_grad_t, "shifted_adds": shifted_adds}

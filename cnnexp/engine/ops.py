@@ -14,8 +14,6 @@ from ..layers.pool import AvgPool2D, MaxPool2D
 from . import fused
 from .buffers import Buffers
 
-KIND_CODES = {"relu": 0, "tanh": 1, "sigmoid": 2}  # ``fused``'s activation codes
-
 
 class ActOp:
     """``forward(y)`` applies the activation to ``y`` in place and keeps it; ``backward(dy,
@@ -49,9 +47,9 @@ class ActOp:
 
     def backward(self, dy, out):
         y = self.y
-        k = fused.kernels() if y.size >= fused.MIN_SIZE else None
+        k = fused.kernels() if self.kind == "relu" and y.size >= fused.MIN_SIZE else None
         if k and y.flags.c_contiguous and dy.flags.c_contiguous and out.flags.c_contiguous:
-            k["act_backward"](KIND_CODES[self.kind], dy.reshape(-1), y.reshape(-1), out.reshape(-1), y.dtype.type(1))
+            k["relu_backward"](dy.reshape(-1), y.reshape(-1), out.reshape(-1), y.dtype.type(1))
             return out
         if self.kind == "relu":
             return np.multiply(dy, np.greater(y, 0, out=self.bufs.get("m", y.shape, np.bool_)), out=out)
