@@ -1,11 +1,8 @@
-"""What fusing Winograd's array passes would save: keras_mnist's second conv (26x26x32 -> 64,
-3x3) as the engine runs it by F(2, 3) (``cnnexp/engine/winograd.py``), its three groups of
-element-wise passes timed as numpy runs them and as one compiled loop each (numba), per
-16-image training part (the part of a batch of 32 on two cores), one thread.
-
-Run by hand: ``pip install numba`` first (not a dependency of cnnexp; the probe says so and
-stops without it). Each compiled loop is checked against numpy's passes (float32, equal to
-1e-6 relative) before it is timed.
+"""What fusing Winograd's array passes saves: keras_mnist's second conv (26x26x32 -> 64, 3x3)
+as the engine runs it by F(2, 3) (``cnnexp/engine/winograd.py``), three groups of its
+element-wise passes timed as numpy runs them and as the engine's compiled loops
+(``cnnexp/engine/fused.py``, numba), per 16-image training part (the part of a batch of 32 on
+two cores), one thread. Each loop's result is first checked equal to the passes' (bit for bit).
 
     python benchmarks/fusion_probe.py [--images 16] [--repeats 41]
 """
@@ -20,10 +17,7 @@ import time
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
-try:
-    import numba
-except ImportError:  # pragma: no cover
-    numba = None
+from cnnexp.engine import fused
 
 N_CHUNK = 4  # images per chunk (winograd.CHUNK_ROWS // rows per image)
 OH = OW = 24
@@ -71,58 +65,6 @@ def numpy_scatter(dV, dxp):
             dxp[:, i:i + OH, k:k + OW:2] += s[:, :, :, i]
 
 
-def compiled():
-    """The three groups as numba loops (same operations in the same order per element)."""
-
-    @numba.njit(cache=False, boundscheck=False)
-    def inp(xp, out):
-        n = xp.shape[0]
-        v = out.reshape(4, n, OH, V, KH, C)
-        for a in range(n):
-            for h in range(OH):
-                for u in range(V):
-                    for i in range(KH):
-                        for c in range(C):
-                            d0 = xp[a, h + i, 2 * u, c]
-                            d1 = xp[a, h + i, 2 * u + 1, c]
-                            d2 = xp[a, h + i, 2 * u + 2, c]
-                            d3 = xp[a, h + i, 2 * u + 3, c]
-                            v[0, a, h, u, i, c] = d0 - d2
-                            v[1, a, h, u, i, c] = d1 + d2
-                            v[2, a, h, u, i, c] = d2 - d1
-                            v[3, a, h, u, i, c] = d1 - d3
-
-    @numba.njit(cache=False, boundscheck=False)
-    def outp(M, b, y):
-        n = y.shape[0]
-        m = M.reshape(4, n, OH, V, F)
-        for a in range(n):
-            for h in range(OH):
-                for u in range(V):
-                    for f in range(F):
-                        m0, m1, m2, m3 = m[0, a, h, u, f], m[1, a, h, u, f], m[2, a, h, u, f], m[3, a, h, u, f]
-                        y[a, h, 2 * u, f] = (m0 + m1) + m2 + b[f]
-                        y[a, h, 2 * u + 1, f] = (m1 - m2) - m3 + b[f]
-
-    @numba.njit(cache=False, boundscheck=False)
-    def scat(dV, dxp):
-        n = dxp.shape[0]
-        dv = dV.reshape(4, n, OH, V, KH, C)
-        dxp[...] = 0
-        for a in range(n):
-            for h in range(OH):
-                for u in range(V):
-                    for i in range(KH):
-                        for c in range(C):
-                            v0, v1, v2, v3 = dv[0, a, h, u, i, c], dv[1, a, h, u, i, c], dv[2, a, h, u, i, c], dv[3, a, h, u, i, c]
-                            dxp[a, h + i, 2 * u, c] += v0
-                            dxp[a, h + i, 2 * u + 1, c] += (v1 - v2) - v3
-                            dxp[a, h + i, 2 * u + 2, c] += (v1 + v2) - v0
-                            dxp[a, h + i, 2 * u + 3, c] += v3
-
-    return inp, outp, scat
-
-
 def median_us(fn, repeats: int) -> float:
     fn()
     times = []
@@ -133,17 +75,13 @@ def median_us(fn, repeats: int) -> float:
     return statistics.median(times) * 1e6
 
 
-def rel(a, b) -> float:
-    return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-30))
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=41)
     args = ap.parse_args(argv)
-    if numba is None:
-        print("numba is not installed (pip install numba): nothing to compare", file=sys.stderr)
+    if fused.kernels() is None:
+        print("no compiled loops (numba missing, or CNNEXP_FUSED=0): nothing to compare", file=sys.stderr)
         return 2
     from threadpoolctl import threadpool_limits
 
@@ -158,25 +96,34 @@ def main(argv=None) -> int:
     yn, yc = np.empty((N_CHUNK, OH, OW, F), f32), np.empty((N_CHUNK, OH, OW, F), f32)
     dn, dc = np.empty_like(xp), np.empty_like(xp)
 
-    t = time.perf_counter()
-    inp, outp, scat = compiled()
-    inp(xp, Vc), outp(M, b, yc), scat(dV, dc)
-    compile_s = time.perf_counter() - t
+    k = fused.kernels()
+    o = yc.reshape(N_CHUNK, OH, V, 2, F)
+    y0, y1 = o[:, :, :, 0][:, :, None], o[:, :, :, 1][:, :, None]
+
+    def inp():
+        k["input"](xp, Vc.reshape(4, N_CHUNK, OH, V, KH, C))
+
+    def outp():
+        k["output"](M.reshape((4,) + y0.shape), y0, y1, b, True)
+
+    def scat():
+        k["input_grad"](dV.reshape(4, N_CHUNK, OH, V, KH, C), dc, f32(0))
+
+    inp(), outp(), scat()
     numpy_input(xp, Vn), numpy_output(M, b, yn), numpy_scatter(dV, dn)
     for what, a, ref in (("input transform", Vc, Vn), ("output transform", yc, yn), ("input gradient", dc, dn)):
-        err = rel(a, ref)
-        if err > 1e-6:
-            print(f"{what}: compiled loop differs from numpy (relative {err:.2g})", file=sys.stderr)
+        if not np.array_equal(a, ref):
+            print(f"{what}: the compiled loop differs from numpy's passes", file=sys.stderr)
             return 1
 
     chunks = args.images / N_CHUNK
     pairs = {
-        "input transform (forward)": (lambda: numpy_input(xp, Vn), lambda: inp(xp, Vc)),
-        "output transform + bias (forward)": (lambda: numpy_output(M, b, yn), lambda: outp(M, b, yc)),
-        "input gradient transform + adds (backward)": (lambda: numpy_scatter(dV, dn), lambda: scat(dV, dc)),
+        "input transform (forward)": (lambda: numpy_input(xp, Vn), inp),
+        "output transform + bias (forward)": (lambda: numpy_output(M, b, yn), outp),
+        "input gradient transform + adds (backward)": (lambda: numpy_scatter(dV, dn), scat),
     }
     print(f"keras_mnist conv 2 by F(2, 3), {args.images} images ({chunks:g} chunks of {N_CHUNK}), one thread, "
-          f"medians of {args.repeats}; numba {numba.__version__} (compiling the three loops: {compile_s:.1f} s)\n")
+          f"medians of {args.repeats}\n")
     print("| passes | numpy us | compiled loop us | compiled / numpy |")
     print("|---|---:|---:|---:|")
     tot = [0.0, 0.0]
