@@ -90,8 +90,7 @@ def test_memory_limit_is_configurable():
 
 
 #: the child's own peak RSS: VmHWM starts afresh at exec, while ru_maxrss keeps the peak of the
-#: forked copy of this test process (a test worker grown past MAX_RSS_MB failed children that
-#: used 44 MB)
+#: forked copy of this test process (a test worker grown past MAX_RSS_MB failed small children)
 PEAK = ("[int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM')][0] / 1024 "
         "if os.path.exists('/proc/self/status') else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024")
 

@@ -1,5 +1,5 @@
-"""Compiled loops (numba) for the array passes of Winograd F(2, 3) (``winograd.py``) and the
-conv stage's input-gradient adds (``conv.py``).
+"""Compiled loops (numba) for the array passes of Winograd F(2, 3) (``winograd.py``), the conv
+stage's input-gradient adds (``conv.py``), and relu's and the max-pool's gradients (``ops.py``).
 
 numpy runs each transform as several passes over whole arrays (four for the input transform,
 five for the output transform and bias, four for the backward's ``dm``, four plus twelve shifted
@@ -11,8 +11,8 @@ written once (``benchmarks/fusion_probe.py``, ``benchmarks/NOTES.md``, session 9
 The input gradient keeps the passes' order of adds (offset k, then kernel row i, each over all
 values), computing the transformed values as it adds them instead of storing them first.
 
-``kernels()`` compiles on first use (about a second, cached on disk by numba) and returns None
-when numba is missing or ``CNNEXP_FUSED=0``: the numpy passes then run.
+``kernels()`` compiles on first use (cached on disk by numba) and returns None when numba is
+missing or ``CNNEXP_FUSED=0``: the numpy passes then run.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import os
 
 _KERNELS: list = []  # [kernels or None], filled on first use
 #: fewest values for which the element-wise backward passes (``ops.py``) call a compiled loop
-#: (a call costs a few microseconds more than a numpy pass: small arrays keep numpy's)
+#: (a call has a fixed cost of its own: small arrays keep numpy's passes)
 MIN_SIZE = 1 << 14
 
 
@@ -166,4 +166,5 @@ def _compile():
                     t = one if y[a, b, e] == o[a, e] else zero
                     d[a, b, e] = t * g[a, e]
 
-    return {"relu_backward": relu_backward, "max_pool_backward": max_pool_backward, "input": input_t, "output": output_t, "dm": dm_t, "input_grad": input_grad_t, "shifted_adds": shifted_adds}
+    return {"input": input_t, "output": output_t, "dm": dm_t, "input_grad": input_grad_t,
+            "shifted_adds": shifted_adds, "relu_backward": relu_backward, "max_pool_backward": max_pool_backward}
