@@ -73,7 +73,7 @@ def crops(groups: list[tuple]) -> dict:
     out = {}
     for n in range(len(groups) - 1):
         (kind, g), (nkind, ng) = groups[n], groups[n + 1]
-        if kind != "conv" or len(g) != sum(1 for l in g if not PoolOp.accepts(l)) or nkind != "conv":
+        if kind != "conv" or nkind != "conv" or any(PoolOp.accepts(l) for l in g):
             continue
         nxt = ng[0]
         h, w, _ = nxt.input_shape
