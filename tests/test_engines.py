@@ -416,6 +416,14 @@ def test_fused_relu_and_max_pool_gradients_give_the_numpy_numbers(act, dtype, mo
         np.testing.assert_array_equal(out["fused"][name], out["numpy"][name], err_msg=name)
 
 
+def test_a_bad_fused_switch_names_the_value_and_the_valid_ones(monkeypatch):
+    monkeypatch.setenv("CNNEXP_FUSED", "off")
+    with pytest.raises(ConfigError, match=r"CNNEXP_FUSED='off' is invalid: use 1 \(compiled loops, the default\) or 0"):
+        build_model(preset(CONF_SEED), engine="fast")
+    monkeypatch.setenv("CNNEXP_FUSED", "0")
+    assert fused.enabled() is False and build_model(preset(CONF_SEED), engine="fast").engine is not None
+
+
 @pytest.mark.parametrize("c,f,k,size,first", [(16, 32, 3, 10, False), (32, 32, 2, 10, False), (32, 32, 3, 11, False),
                                               (32, 32, 3, 10, True)])
 def test_winograd_only_where_it_was_measured_to_win(c, f, k, size, first):

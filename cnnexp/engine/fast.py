@@ -34,7 +34,7 @@ from .feed import Prepared, block_images
 from .helper import Helper
 from .infer import infer, infer_part
 from .loss import softmax_xent
-from . import procs, tiles
+from . import fused, procs, tiles
 from .threads import blas_threads, fine_switching, parallel_mode, resolve_threads, run_parts, split_rows
 
 
@@ -75,6 +75,7 @@ class FastEngine:
         self._tiled: dict[int, tuple] = {}  # per worker: its stages and ``tiled`` ones
         self._accs: dict[int, np.ndarray] = {}  # per worker: its pieces' gradients summed
         #: split training batches run their other parts in worker processes (procs.py), not threads
+        fused.enabled()  # a bad $CNNEXP_FUSED is refused here, before any work
         self.processes = parallel_mode() == "processes" and procs.available() and \
             getattr(model.params, "flat", None) is not None and getattr(model.grads, "flat", None) is not None
         self.procs = procs.Workers(self) if self.processes else None

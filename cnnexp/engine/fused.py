@@ -12,12 +12,14 @@ The input gradient keeps the passes' order of adds (offset k, then kernel row i,
 values), computing the transformed values as it adds them instead of storing them first.
 
 ``kernels()`` compiles on first use (cached on disk by numba) and returns None when numba is
-missing or ``CNNEXP_FUSED=0``: the numpy passes then run.
+missing or ``CNNEXP_FUSED=0``: the numpy passes then run (``enabled`` refuses other values).
 """
 
 from __future__ import annotations
 
 import os
+
+from ..errors import ConfigError
 
 _KERNELS: list = []  # [kernels or None], filled on first use
 #: fewest values for which the element-wise backward passes (``ops.py``) call a compiled loop
@@ -25,10 +27,19 @@ _KERNELS: list = []  # [kernels or None], filled on first use
 MIN_SIZE = 1 << 14
 
 
+def enabled() -> bool:
+    """``$CNNEXP_FUSED``: 1 (the default) for the compiled loops, 0 for numpy's passes; anything
+    else is a ConfigError naming the value (the engine asks when it is built)."""
+    v = os.environ.get("CNNEXP_FUSED", "1").strip() or "1"
+    if v not in ("0", "1"):
+        raise ConfigError(f"CNNEXP_FUSED={v!r} is invalid: use 1 (compiled loops, the default) or 0 (numpy's passes)")
+    return v == "1"
+
+
 def kernels():
     """The compiled loops by name (see ``_compile``), or None."""
     if not _KERNELS:
-        _KERNELS.append(_compile() if os.environ.get("CNNEXP_FUSED", "1") != "0" else None)
+        _KERNELS.append(_compile() if enabled() else None)
     return _KERNELS[0]
 
 
