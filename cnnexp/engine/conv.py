@@ -274,8 +274,8 @@ class ConvStage:
                 for j in range(self.kw):
                     at = (i * wp + j) * c
                     d[:, at:at + run] += t[i * self.kw + j, :, :run]
-        elif fused.kernels():  # the same adds in the same order, as one compiled loop
-            fused.kernels()["shifted_adds"](t.reshape(kk, n, oh, ow, c), dxp, self.kw, self.sh, self.sw)
+        elif (k := fused.kernels()) is not None:  # the same adds in the same order, as one compiled loop
+            k["shifted_adds"](t.reshape(kk, n, oh, ow, c), dxp, self.kw, self.sh, self.sw)
         else:
             sh, sw, t = self.sh, self.sw, t.reshape(kk, n, oh, ow, c)
             for i in range(self.kh):
