@@ -319,10 +319,11 @@ def test_tiles_only_for_a_first_one_channel_stride_1_conv_into_a_tiling_pool(con
 
 @pytest.mark.parametrize("kernel,padding,pool,bias,act", [
     (3, "valid", "maxpool2d", True, "relu"), (3, "same", None, False, "relu"), (3, "valid", "avgpool2d", True, "tanh"),
-    ([5, 3], "same", None, True, "sigmoid"), ([1, 3], "valid", "maxpool2d", False, "relu")])
+    ([5, 3], "same", None, True, "sigmoid"), ([1, 3], "valid", "maxpool2d", False, "relu"),
+    (5, "same", "avgpool2d", True, "sigmoid"), ([3, 5], "valid", None, False, "relu"), (5, "valid", "maxpool2d", True, "tanh")])
 def test_winograd_convs_match_the_reference(kernel, padding, pool, bias, act, monkeypatch):
-    # the second conv (32 -> 32 channels, three kernel columns, stride 1) runs all three products
-    # by Winograd F(2, 3); one image per chunk, so batches and pieces span several chunks
+    # the second conv (32 -> 32 channels, three or five kernel columns, stride 1) runs all three
+    # products by Winograd F(2, 3) or F(2, 5); one image per chunk, so batches and pieces span several chunks
     monkeypatch.setattr(winograd, "CHUNK_ROWS", 1)
     conv2 = {**_conv(32, kernel, 1, padding), "bias": bias}
     layers = [_conv(32), {"type": "relu"}, conv2, {"type": act}] + ([{"type": pool, "pool": 2}] if pool else [])
@@ -341,11 +342,12 @@ def test_winograd_convs_match_the_reference(kernel, padding, pool, bias, act, mo
 
 @pytest.mark.parametrize("kernel,pool,bias,dtype", [
     (3, "maxpool2d", True, "float32"), (3, None, False, "float64"), ([5, 3], None, True, "float32"),
-    (3, "avgpool2d", False, "float32")])
+    (3, "avgpool2d", False, "float32"), (5, "avgpool2d", True, "float32"), (5, None, False, "float64"),
+    ([3, 5], "maxpool2d", True, "float32")])
 def test_fused_winograd_passes_give_the_numpy_passes_numbers(kernel, pool, bias, dtype, monkeypatch):
     # the compiled loops (fused.py) against the numpy passes they replace: bit for bit, in the
     # conv's output, its weight and bias gradients and its input gradient (plain and 2x2-pool
-    # blocked outputs, three and five kernel rows, both float types); two images per chunk
+    # blocked outputs, three and five kernel rows and columns, both float types); two images per chunk
     if fused.kernels() is None:
         pytest.skip("numba is not installed: only the numpy passes run")
     monkeypatch.setattr(winograd, "CHUNK_ROWS", 2 * 8 * 4)  # 8x8 outputs: 32 product rows an image
@@ -634,9 +636,10 @@ def test_inference_chunks_keep_the_largest_unrolled_input_within_4_mb():
     # runs by Winograd and unrolls nothing)
     assert chunks == {"seed": 128, "lenet5": 64, "keras_mnist": 128}
     wide5 = {"input_shape": [28, 28, 1], "layers": [{"type": "conv2d", "filters": 12, "kernel_size": 5, "padding": "same"},
-                                                     {"type": "conv2d", "filters": 24, "kernel_size": 5, "padding": "same"},
+                                                     {"type": "conv2d", "filters": 24, "kernel_size": [5, 4], "padding": "same"},
                                                      {"type": "flatten"}, {"type": "dense", "units": 10}, {"type": "softmax"}]}
-    assert infer_chunk(build_model(wide5).engine) == 8  # 28x28 x (5*5*12 + 1) x 4 = 944 KB an image: the floor
+    # (a 5x4 kernel: no Winograd) 28x28 x (5*4*12 + 1) x 4 = 756 KB an image: the floor
+    assert infer_chunk(build_model(wide5).engine) == 8
     m = build_model(wide5)
     m.engine.infer_chunk = 5  # a caller's setting is kept
     assert infer_chunk(m.engine) == 5

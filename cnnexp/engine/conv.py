@@ -111,7 +111,7 @@ class ConvStage:
         self.helper = None
         #: all three products by Winograd F(2, 3) (winograd.py) in place of the unrolled input;
         #: not for a first stage, whose input may arrive unrolled ahead (``cols``)
-        self.wino = winograd.WinogradF23(self.kh, self.c, self.f, self.oh, self.ow, self.blocks) \
+        self.wino = winograd.Winograd(self.kh, self.kw, self.c, self.f, self.oh, self.ow, self.blocks) \
             if not first and winograd.applies(self.kw, (self.sh, self.sw), self.ow, self.c, self.f, self.blocks) else None
         #: values a forward unrolls per image (none by Winograd)
         self.unrolled = 0 if self.wino is not None else self.oh * self.ow * self.width
@@ -190,7 +190,7 @@ class ConvStage:
         if self.winograd:
             n = len(x)
             y = self.bufs.get("y", (n * self.oh * self.ow, self.f), x.dtype).reshape(self._layout(n))
-            self.wino.forward(self._padded(x), self.W, self.Wm[-1] if self.fold else self.b, y)
+            self.wino.forward(self._padded(x), self.W, self.Wm[-1] if self.fold else self.b, y, training)
         else:
             self.cols = cols = self.unroll(x) if cols is None else cols
             n = len(cols) // (self.oh * self.ow)

@@ -59,39 +59,54 @@ def _compile():
         jit = numba.njit(cache=False, boundscheck=False, nogil=True)
 
     @jit
-    def input_t(xp, v):
-        """``v`` (4, N, OH, V, KH, C): ``d0 - d2, d1 + d2, d2 - d1, d1 - d3`` with
-        ``d_k = xp[n, oh + i, 2v + k, c]``."""
-        _, n, oh, nv, kh, c = v.shape
+    def input_t(xp, v, one):
+        """``v`` (R + 1, N, OH, V, KH, C): ``V_k = sum_j BT[k, j] d_j`` (``winograd.TRANSFORMS``,
+        R = 3 or 5) with ``d_j = xp[n, oh + i, 2v + j, c]``; ``one`` a 1 of the arrays' type."""
+        t, n, oh, nv, kh, c = v.shape
+        two = one + one
+        four, five = two + two, two + two + one
         for a in range(n):
             for h in range(oh):
                 for u in range(nv):
                     for i in range(kh):
-                        for ch in range(c):
-                            d0 = xp[a, h + i, 2 * u, ch]
-                            d1 = xp[a, h + i, 2 * u + 1, ch]
-                            d2 = xp[a, h + i, 2 * u + 2, ch]
-                            d3 = xp[a, h + i, 2 * u + 3, ch]
-                            v[0, a, h, u, i, ch] = d0 - d2
-                            v[1, a, h, u, i, ch] = d1 + d2
-                            v[2, a, h, u, i, ch] = d2 - d1
-                            v[3, a, h, u, i, ch] = d1 - d3
+                        r, q = h + i, 2 * u
+                        if t == 4:
+                            for ch in range(c):
+                                d0, d1, d2, d3 = xp[a, r, q, ch], xp[a, r, q + 1, ch], xp[a, r, q + 2, ch], xp[a, r, q + 3, ch]
+                                v[0, a, h, u, i, ch] = d0 - d2
+                                v[1, a, h, u, i, ch] = d1 + d2
+                                v[2, a, h, u, i, ch] = -d1 + d2
+                                v[3, a, h, u, i, ch] = -d1 + d3
+                        else:
+                            for ch in range(c):
+                                d0, d1, d2, d3 = xp[a, r, q, ch], xp[a, r, q + 1, ch], xp[a, r, q + 2, ch], xp[a, r, q + 3, ch]
+                                d4, d5 = xp[a, r, q + 4, ch], xp[a, r, q + 5, ch]
+                                v[0, a, h, u, i, ch] = four * d0 - five * d2 + d4
+                                v[1, a, h, u, i, ch] = four * d1 + four * d2 - d3 - d4
+                                v[2, a, h, u, i, ch] = -four * d1 + four * d2 + d3 - d4
+                                v[3, a, h, u, i, ch] = -two * d1 - d2 + two * d3 + d4
+                                v[4, a, h, u, i, ch] = two * d1 - d2 - two * d3 + d4
+                                v[5, a, h, u, i, ch] = four * d1 - five * d3 + d5
 
     @jit
-    def output_t(m, y0, y1, b, bias):
-        """``y0 = m0 + m1 + m2 (+ b)``, ``y1 = m1 - m2 - m3 (+ b)``; ``m`` and the two column
-        views shaped (N, U, A, V, F) (rows 2u + a; A = 1 for a plain output)."""
+    def output_t(m, y0, y1, b, bias, one):
+        """``y_i = sum_k AT[i, k] m_k (+ b)``; ``m`` (R + 1, ...) and the two column views shaped
+        (N, U, A, V, F) (rows 2u + a; A = 1 for a plain output)."""
+        t, two = m.shape[0], one + one
         n, nu, na, nv, f = y0.shape
         for a in range(n):
             for u in range(nu):
                 for r in range(na):
                     for w in range(nv):
                         for k in range(f):
-                            m1, m2 = m[1, a, u, r, w, k], m[2, a, u, r, w, k]
-                            e = m[0, a, u, r, w, k] + m1
-                            e += m2
-                            o = m1 - m2
-                            o -= m[3, a, u, r, w, k]
+                            m0, m1, m2, m3 = m[0, a, u, r, w, k], m[1, a, u, r, w, k], m[2, a, u, r, w, k], m[3, a, u, r, w, k]
+                            if t == 4:
+                                e = m0 + m1 + m2
+                                o = m1 - m2 + m3
+                            else:
+                                m4, m5 = m[4, a, u, r, w, k], m[5, a, u, r, w, k]
+                                e = m0 + m1 + m2 + m3 + m4
+                                o = m1 - m2 + two * m3 - two * m4 + m5
                             if bias:
                                 e += b[k]
                                 o += b[k]
@@ -99,8 +114,10 @@ def _compile():
                             y1[a, u, r, w, k] = o
 
     @jit
-    def dm_t(dy0, dy1, d):
-        """``d`` (4, N, U, A, V, F): ``dy0, dy0 + dy1, dy0 - dy1, dy1``."""
+    def dm_t(dy0, dy1, d, one):
+        """``d`` (R + 1, N, U, A, V, F): ``dm_k = AT[0, k] dy0 + AT[1, k] dy1``."""
+        t = d.shape[0]
+        two = one + one
         n, nu, na, nv, f = dy0.shape
         for a in range(n):
             for u in range(nu):
@@ -111,37 +128,66 @@ def _compile():
                             d[0, a, u, r, w, k] = g0
                             d[1, a, u, r, w, k] = g0 + g1
                             d[2, a, u, r, w, k] = g0 - g1
-                            d[3, a, u, r, w, k] = g1
+                            if t == 4:
+                                d[3, a, u, r, w, k] = g1
+                            else:
+                                d[3, a, u, r, w, k] = g0 + two * g1
+                                d[4, a, u, r, w, k] = g0 - two * g1
+                                d[5, a, u, r, w, k] = g1
 
     @jit
-    def input_grad_t(dv, dxp, zero):
-        """``dxp`` (N, OH + KH - 1, 2V + 2, C) from ``dv`` (4, N, OH, V, KH, C) (``dv[3]`` holding
-        -dV3): sources dV0, dV1 - dV2 + dV3, dV1 + dV2 - dV0, dV3 at columns 2v + k, k = 0..3;
-        ``zero`` a 0 of the arrays' type (the sums stay in it)."""
-        _, n, oh, nv, kh, c = dv.shape
-        dxp[...] = zero
-        for k in range(4):  # the passes' order: offset k, then kernel row i, each over all values
+    def input_grad_t(dv, dxp, one):
+        """``dxp`` (N, OH + KH - 1, 2V + R - 1, C) from ``dv`` (R + 1, N, OH, V, KH, C): ``sum_k
+        BT[k, j] dV_k`` added at column 2v + j, in the passes' order (column offset j, then kernel
+        row i, each over all values)."""
+        t, n, oh, nv, kh, c = dv.shape
+        two = one + one
+        four, five = two + two, two + two + one
+        dxp[...] = one - one
+        for j in range(t):
             for i in range(kh):
                 for a in range(n):
                     for h in range(oh):
                         for u in range(nv):
-                            col = 2 * u + k
-                            if k == 0:
+                            q = 2 * u + j
+                            if t == 4:
+                                if j == 0:
+                                    for ch in range(c):
+                                        dxp[a, h + i, q, ch] += dv[0, a, h, u, i, ch]
+                                elif j == 1:
+                                    for ch in range(c):
+                                        dxp[a, h + i, q, ch] += dv[1, a, h, u, i, ch] - dv[2, a, h, u, i, ch] - dv[3, a, h, u, i, ch]
+                                elif j == 2:
+                                    for ch in range(c):
+                                        dxp[a, h + i, q, ch] += -dv[0, a, h, u, i, ch] + dv[1, a, h, u, i, ch] + dv[2, a, h, u, i, ch]
+                                else:
+                                    for ch in range(c):
+                                        dxp[a, h + i, q, ch] += dv[3, a, h, u, i, ch]
+                            elif j == 0:
                                 for ch in range(c):
-                                    dxp[a, h + i, col, ch] += dv[0, a, h, u, i, ch]
-                            elif k == 1:
+                                    dxp[a, h + i, q, ch] += four * dv[0, a, h, u, i, ch]
+                            elif j == 1:
                                 for ch in range(c):
-                                    s = dv[1, a, h, u, i, ch] - dv[2, a, h, u, i, ch]
-                                    s -= dv[3, a, h, u, i, ch]
-                                    dxp[a, h + i, col, ch] += s
-                            elif k == 2:
+                                    dxp[a, h + i, q, ch] += (four * dv[1, a, h, u, i, ch] - four * dv[2, a, h, u, i, ch]
+                                                             - two * dv[3, a, h, u, i, ch] + two * dv[4, a, h, u, i, ch]
+                                                             + four * dv[5, a, h, u, i, ch])
+                            elif j == 2:
                                 for ch in range(c):
-                                    s = dv[1, a, h, u, i, ch] + dv[2, a, h, u, i, ch]
-                                    s -= dv[0, a, h, u, i, ch]
-                                    dxp[a, h + i, col, ch] += s
+                                    dxp[a, h + i, q, ch] += (-five * dv[0, a, h, u, i, ch] + four * dv[1, a, h, u, i, ch]
+                                                             + four * dv[2, a, h, u, i, ch] - dv[3, a, h, u, i, ch]
+                                                             - dv[4, a, h, u, i, ch])
+                            elif j == 3:
+                                for ch in range(c):
+                                    dxp[a, h + i, q, ch] += (-dv[1, a, h, u, i, ch] + dv[2, a, h, u, i, ch]
+                                                             + two * dv[3, a, h, u, i, ch] - two * dv[4, a, h, u, i, ch]
+                                                             - five * dv[5, a, h, u, i, ch])
+                            elif j == 4:
+                                for ch in range(c):
+                                    dxp[a, h + i, q, ch] += (dv[0, a, h, u, i, ch] - dv[1, a, h, u, i, ch] - dv[2, a, h, u, i, ch]
+                                                             + dv[3, a, h, u, i, ch] + dv[4, a, h, u, i, ch])
                             else:
                                 for ch in range(c):
-                                    dxp[a, h + i, col, ch] += dv[3, a, h, u, i, ch]
+                                    dxp[a, h + i, q, ch] += dv[5, a, h, u, i, ch]
 
     @jit
     def shifted_adds(t, dxp, kw, sh, sw):

@@ -1,26 +1,30 @@
-"""Winograd F(2, 3) along the width: the products of a stride-1 conv with three-column kernels
-with 1.5x fewer multiplications than the unrolled (im2col) product.
+"""Winograd F(2, R) along the width: the products of a stride-1 conv with R = 3 or 5 kernel
+columns with fewer multiplications than the unrolled (im2col) product (4 for 6, or 6 for 10).
 
-For two output columns ``2v, 2v+1``, the input columns ``d_k = x[:, 2v + k]`` (k = 0..3) and a
-kernel row's three taps ``g0, g1, g2`` (C x F matrices):
+Two output columns ``2v, 2v+1`` come from the ``R + 1`` input columns ``d_j = x[:, 2v + j]``
+and a kernel row's ``R`` taps ``g_j`` (C x F matrices) through three small matrices of
+``TRANSFORMS`` (Lavin and Gray's construction, evaluation points 0, +-1 (and +-2 for R = 5), and
+infinity):
 
-    m0 = (d0 - d2) g0      m1 = (d1 + d2) (g0 + g1 + g2) / 2
-    m3 = (d1 - d3) g2      m2 = (d2 - d1) (g0 - g1 + g2) / 2
-    y[2v] = m0 + m1 + m2   y[2v + 1] = m1 - m2 - m3
+    V_k = sum_j BT[k, j] d_j      U_k = sum_j G[k, j] g_j      m_k = V_k U_k
+    y[2v + i] = sum_k AT[i, k] m_k
 
-(four products where the direct form has six). The kernel rows are summed by the products
-themselves, as in the unrolled conv: row ``(n, oh, v)`` of ``V_k`` holds ``KH x C`` values, and
-``m_k = V_k @ U_k`` with ``U_k`` the transformed taps of all kernel rows, ``(KH*C, F)``.
+For R = 3 that is ``m0 = (d0 - d2) g0``, ``m1 = (d1 + d2)(g0 + g1 + g2)/2``,
+``m2 = (d2 - d1)(g0 - g1 + g2)/2``, ``m3 = (d3 - d1) g2``, ``y[2v] = m0 + m1 + m2``,
+``y[2v + 1] = m1 - m2 + m3``. The kernel rows are summed by the products themselves, as in the
+unrolled conv: row ``(n, oh, v)`` of ``V_k`` holds ``KH x C`` values, and ``m_k = V_k @ U_k``
+with ``U_k`` the transformed taps of all kernel rows, ``(KH*C, F)``.
 
-Backward, with ``dy0, dy1`` the gradients of the even and odd output columns: ``dm0 = dy0``,
-``dm1 = dy0 + dy1``, ``dm2 = dy0 - dy1``, ``dm3 = -dy1``; ``dU_k = V_k.T @ dm_k`` gives ``dW``
-by the filter transform's transpose, and ``dV_k = dm_k @ U_k.T`` gives ``dx`` by the input
-transform's transpose (``dd0 = dV0``, ``dd1 = dV1 - dV2 + dV3``, ``dd2 = dV1 + dV2 - dV0``,
-``dd3 = -dV3``, each added to its input column). The bias gradient is the column sum of ``dm1``.
+Backward is the transpose of each step: ``dm_k = sum_i AT[i, k] dy_i`` (``dy_i`` the gradient of
+output column ``2v + i``), ``dU_k = V_k.T @ dm_k`` and ``dW_j = sum_k G[k, j] dU_k``;
+``dV_k = dm_k @ U_k.T`` and ``dx`` gets ``sum_k BT[k, j] dV_k`` added at column ``2v + j``. The
+bias gradient is the column sum of ``dm_1 = dy_0 + dy_1``.
 
 Everything runs in chunks of images whose temporaries stay in the core's cache; only ``V``
-(the transformed input, read again by ``dW``) is kept for the whole batch. Which convs use this
-path, and the chunk size, come from measurements (benchmarks/NOTES.md).
+(the transformed input, read again by ``dW``) is kept for the whole batch. The element-wise
+steps run as compiled loops (``fused.py``) or, without them, as numpy passes (``_combine``) that
+give the same numbers. Which convs use this path, and the chunk size, come from measurements
+(benchmarks/NOTES.md).
 """
 
 from __future__ import annotations
@@ -31,28 +35,68 @@ from numpy.lib.stride_tricks import as_strided
 from . import fused
 from .buffers import Buffers
 
+#: per kernel width R: (AT (2, R + 1), BT (R + 1, R + 1), G (R + 1, R)); the compiled loops
+#: (``fused.py``) spell out the same sums in the same order
+TRANSFORMS = {
+    3: (np.array([[1, 1, 1, 0], [0, 1, -1, 1]], float),
+        np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, -1, 0, 1]], float),
+        np.array([[1, 0, 0], [.5, .5, .5], [.5, -.5, .5], [0, 0, 1]])),
+    5: (np.array([[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 1]], float),
+        np.array([[4, 0, -5, 0, 1, 0], [0, 4, 4, -1, -1, 0], [0, -4, 4, 1, -1, 0],
+                  [0, -2, -1, 2, 1, 0], [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]], float),
+        np.array([[1 / 4, 0, 0, 0, 0], [1 / 6, 1 / 6, 1 / 6, 1 / 6, 1 / 6], [1 / 6, -1 / 6, 1 / 6, -1 / 6, 1 / 6],
+                  [1 / 24, 1 / 12, 1 / 6, 1 / 3, 2 / 3], [1 / 24, -1 / 12, 1 / 6, -1 / 3, 2 / 3], [0, 0, 0, 0, 1]])),
+}
 #: product rows (output positions / 2) per chunk of images
 CHUNK_ROWS = 1152
-#: fewest input channels, filters, and channels x filters for which the path is used (it lost
-#: where the products are small against the transforms' array passes)
-MIN_CHANNELS, MIN_FILTERS, MIN_CHANNELS_X_FILTERS = 16, 32, 1024
+#: per kernel width: fewest input channels, filters, and channels x filters for which the path
+#: is used (it lost where the products are small against the transforms' passes)
+MIN_CHANNELS = {3: 16, 5: 4}
+MIN_FILTERS = {3: 32, 5: 8}
+MIN_CHANNELS_X_FILTERS = {3: 1024, 5: 64}
 #: fewest images in a call (one image: the transforms' many small passes cost more than they save)
 MIN_IMAGES = 2
 
 
 def applies(kw: int, strides: tuple, ow: int, c: int, f: int, blocks) -> bool:
     """Whether a conv with these settings runs on this path."""
-    return (kw == 3 and strides == (1, 1) and ow % 2 == 0 and blocks in (None, (2, 2))
-            and c >= MIN_CHANNELS and f >= MIN_FILTERS and c * f >= MIN_CHANNELS_X_FILTERS)
+    return (kw in TRANSFORMS and strides == (1, 1) and ow % 2 == 0 and blocks in (None, (2, 2))
+            and c >= MIN_CHANNELS[kw] and f >= MIN_FILTERS[kw] and c * f >= MIN_CHANNELS_X_FILTERS[kw])
 
 
-class WinogradF23:
-    """The products of one conv stage (KH x 3 kernel, C -> F channels, output OH x OW, stride 1)
-    with their buffers. ``forward`` takes the padded input (N, OH + KH - 1, OW + 2, C) and
-    weights (KH, 3, C, F); ``backward`` reads the transformed input and weights it kept."""
+def _combine(out, terms, tmp):
+    """``out = sum(c * s for c, s in terms)`` (no zero ``c``), in order, as the compiled loops
+    compute it: a coefficient of +-1 adds or subtracts, another multiplies first (into ``tmp``)."""
+    (c, s), rest = terms[0], terms[1:]
+    if c == 1:
+        np.copyto(out, s)
+    elif c == -1:
+        np.negative(s, out=out)
+    else:
+        np.multiply(s, c, out=out)
+    for c, s in rest:
+        if c == 1:
+            out += s
+        elif c == -1:
+            out -= s
+        else:
+            out += np.multiply(s, c, out=tmp)
+    return out
 
-    def __init__(self, kh: int, c: int, f: int, oh: int, ow: int, blocks):
-        self.kh, self.c, self.f, self.oh, self.ow = kh, c, f, oh, ow
+
+def _terms(coefs, arrays) -> list:
+    return [(c, a) for c, a in zip(coefs, arrays) if c != 0]
+
+
+class Winograd:
+    """The products of one conv stage (KH x R kernel, C -> F channels, output OH x OW, stride 1)
+    with their buffers. ``forward`` takes the padded input (N, OH + KH - 1, OW + R - 1, C) and
+    weights (KH, R, C, F); ``backward`` reads the transformed input and weights it kept."""
+
+    def __init__(self, kh: int, kw: int, c: int, f: int, oh: int, ow: int, blocks):
+        self.kh, self.kw, self.c, self.f, self.oh, self.ow = kh, kw, c, f, oh, ow
+        self.AT, self.BT, self.G = TRANSFORMS[kw]
+        self.t = kw + 1  # products per pair of output columns
         self.blocked = blocks is not None
         self.v = ow // 2
         self.rows = oh * self.v  # product rows per image
@@ -61,11 +105,11 @@ class WinogradF23:
         self.bufs = Buffers()
 
     def _inputs(self, xp):
-        """``d_k[n, oh, v, i, c] = xp[n, oh + i, 2v + k, c]`` for k = 0..3 (views)."""
+        """``d_j[n, oh, v, i, c] = xp[n, oh + i, 2v + j, c]`` for j = 0..R (views)."""
         n = len(xp)
         s0, s1, s2, s3 = xp.strides
-        return [as_strided(xp[:, :, k:], (n, self.oh, self.v, self.kh, self.c), (s0, s1, 2 * s2, s1, s3),
-                           writeable=False) for k in range(4)]
+        return [as_strided(xp[:, :, j:], (n, self.oh, self.v, self.kh, self.c), (s0, s1, 2 * s2, s1, s3),
+                           writeable=False) for j in range(self.t)]
 
     def _columns(self, y):
         """The even and odd output columns of ``y`` (plain (N, OH, OW, F) or in 2x2 blocks), as
@@ -76,114 +120,101 @@ class WinogradF23:
         o = y.transpose(0, 2, 3, 1, 4, 5)  # (n, b, u, a, v, F): column 2v + b, row 2u + a
         return o[:, 0], o[:, 1]
 
-    def _transform_weights(self, W):
-        """``U`` (4, KH*C, F) from ``W`` (KH, 3, C, F)."""
-        U = self.bufs.get("U", (4, self.kh, self.c, self.f), W.dtype)
-        g0, g1, g2 = W[:, 0], W[:, 1], W[:, 2]
-        np.copyto(U[0], g0)
-        np.add(g0, g2, out=U[1])
-        np.subtract(U[1], g1, out=U[2])
-        U[1] += g1
-        U[1:3] *= 0.5
-        np.copyto(U[3], g2)
-        self.U = U.reshape(4, self.k, self.f)
-
-    def forward(self, xp, W, b, y):
-        """``y`` (the conv's output buffer, plain or blocked) from the padded input ``xp``."""
-        n, r, dt = len(xp), self.rows, xp.dtype
-        self._transform_weights(W)
-        # (4, rows, K), kept in a flat buffer (so that fewer rows reuse it, see Buffers)
-        self.V = V = self.bufs.get("V", (4 * n * r * self.k,), dt).reshape(4, n * r, self.k)
-        M = self.bufs.get("M", (4, self.chunk * r, self.f), dt)
-        k = fused.kernels()
-        d = None if k else self._inputs(xp)  # the numpy passes' views
-        for a in range(0, n, self.chunk):
-            e = min(n, a + self.chunk)
-            m = (e - a) * r
-            Vc = V[:, a * r:e * r]
-            v = Vc.reshape(4, e - a, self.oh, self.v, self.kh, self.c)
-            if k:
-                k["input"](xp[a:e], v)
-            else:
-                d0, d1, d2, d3 = (dk[a:e] for dk in d)
-                np.subtract(d0, d2, out=v[0])
-                np.add(d1, d2, out=v[1])
-                np.subtract(d2, d1, out=v[2])
-                np.subtract(d1, d3, out=v[3])
-            Mc = M[:, :m]
-            np.matmul(Vc, self.U, out=Mc)
-            y0, y1 = self._columns(y[a:e])
-            if k:
-                y0, y1 = self._five(y0), self._five(y1)
-                k["output"](Mc.reshape((4,) + y0.shape), y0, y1, b if b is not None else Mc[0, 0], b is not None)
-                continue
-            m0, m1, m2, m3 = (x.reshape(y0.shape) for x in Mc)
-            np.add(m0, m1, out=y0)
-            y0 += m2
-            np.subtract(m1, m2, out=y1)
-            y1 -= m3
-            if b is not None:
-                y[a:e] += b
-        return y
-
     def _five(self, c):
         """A column view as (N, U, A, V, F): rows 2u + a of a blocked output, A = 1 for a plain one."""
         return c if c.ndim == 5 else c[:, :, None]
 
+    def _transform_weights(self, W):
+        """``U`` (R + 1, KH*C, F) from ``W`` (KH, R, C, F): one product with ``G``."""
+        dt = W.dtype
+        taps = self.bufs.get("taps", (self.kw, self.kh, self.c, self.f), dt)
+        np.copyto(taps, W.transpose(1, 0, 2, 3))
+        G = self.bufs.get("G", self.G.shape, dt, fill=lambda a: np.copyto(a, self.G))
+        U = self.bufs.get("U", (self.t, self.k * self.f), dt)
+        self.U = np.matmul(G, taps.reshape(self.kw, -1), out=U).reshape(self.t, self.k, self.f)
+
+    def _block(self, key, a, e, width, dt, images=None):
+        """Rows of images ``a:e`` of an (R + 1, rows, width) array kept in a flat buffer (of
+        ``images`` images, default a chunk's), as a contiguous array: the compiled loops run
+        far faster over contiguous arrays than over strided ones."""
+        r, t = self.rows, self.t
+        flat = self.bufs.get(key, (t * (images or self.chunk) * r * width,), dt)
+        at = t * a * r * width if images else 0
+        return flat[at:at + t * (e - a) * r * width].reshape(t, (e - a) * r, width)
+
+    def forward(self, xp, W, b, y, keep: bool = True):
+        """``y`` (the conv's output buffer, plain or blocked) from the padded input ``xp``;
+        ``keep``: keep ``V`` (the transformed input) of the whole batch for a backward (else
+        each chunk's overwrites the last's)."""
+        n, t, dt = len(xp), self.t, xp.dtype
+        self._transform_weights(W)
+        self.n = n if keep else None
+        k = fused.kernels()
+        d = None if k else self._inputs(xp)  # the numpy passes' views
+        for a in range(0, n, self.chunk):
+            e = min(n, a + self.chunk)
+            Vc, Mc = self._block("V", a, e, self.k, dt, self.n), self._block("M", a, e, self.f, dt)
+            v = Vc.reshape(t, e - a, self.oh, self.v, self.kh, self.c)
+            if k:
+                k["input"](xp[a:e], v, dt.type(1))
+            else:
+                tmp = self.bufs.get("tmp", v.shape[1:], dt)
+                for j in range(t):
+                    _combine(v[j], _terms(self.BT[j], [dk[a:e] for dk in d]), tmp)
+            np.matmul(Vc, self.U, out=Mc)
+            y0, y1 = (self._five(c) for c in self._columns(y[a:e]))
+            if k:
+                k["output"](Mc.reshape((t,) + y0.shape), y0, y1, b if b is not None else Mc[0, 0], b is not None, dt.type(1))
+                continue
+            ms, tmp = [x.reshape(y0.shape) for x in Mc], self.bufs.get("tmpy", y0.shape, dt)
+            for i, yi in enumerate((y0, y1)):
+                _combine(yi, _terms(self.AT[i], ms), tmp)
+            if b is not None:
+                y[a:e] += b
+        return y
+
     def backward(self, dy, gW, gb, dxp):
-        """``gW`` (KH, 3, C, F) and ``gb`` (F,) or None from ``dy`` (laid out as the output);
+        """``gW`` (KH, R, C, F) and ``gb`` (F,) or None from ``dy`` (laid out as the output);
         the input gradient into ``dxp`` (the padded input's shape). Never a first stage's, so
         there is always an input gradient to compute."""
-        n, r, dt = len(dy), self.rows, dy.dtype
-        DM = self.bufs.get("DM", (4, self.chunk * r, self.f), dt)
-        dU = self.bufs.get("dU", (4, self.k, self.f), dt)
-        dUc = self.bufs.get("dUc", (4, self.k, self.f), dt)
+        n, r, t, dt = len(dy), self.rows, self.t, dy.dtype
+        dU = self.bufs.get("dU", (t, self.k, self.f), dt)
+        dUc = self.bufs.get("dUc", (t, self.k, self.f), dt)
         ones = self.bufs.get("ones", (self.chunk * r,), dt, fill=lambda a: a.fill(1))
         if gb is not None:
             gb[...] = 0
         k = fused.kernels()
-        dV = self.bufs.get("dV", (4, self.chunk * r, self.k), dt)
-        dd = self.bufs.get("dd", (2, self.chunk * r, self.k), dt)
         for a in range(0, n, self.chunk):
             e = min(n, a + self.chunk)
-            m = (e - a) * r
-            dy0, dy1 = self._columns(dy[a:e])
-            D = DM[:, :m]
+            dy0, dy1 = (self._five(c) for c in self._columns(dy[a:e]))
+            D = self._block("DM", a, e, self.f, dt)
             if k:
-                dy0, dy1 = self._five(dy0), self._five(dy1)
-                k["dm"](dy0, dy1, D.reshape((4,) + dy0.shape))
+                k["dm"](dy0, dy1, D.reshape((t,) + dy0.shape), dt.type(1))
             else:
-                d0, d1, d2, d3 = (x.reshape(dy0.shape) for x in D)
-                np.copyto(d0, dy0)
-                np.add(dy0, dy1, out=d1)
-                np.subtract(dy0, dy1, out=d2)
-                np.copyto(d3, dy1)  # dm3 = -dy1: the sign goes to dU3 and dV3 below
-            np.matmul(self.V[:, a * r:e * r].transpose(0, 2, 1), D, out=dU if a == 0 else dUc)
+                tmp = self.bufs.get("tmpy", dy0.shape, dt)
+                for j, dj in enumerate(D):
+                    _combine(dj.reshape(dy0.shape), _terms(self.AT[:, j], (dy0, dy1)), tmp)
+            np.matmul(self._block("V", a, e, self.k, dt, self.n).transpose(0, 2, 1), D, out=dU if a == 0 else dUc)
             if a:
                 dU += dUc
             if gb is not None:
-                gb += ones[:m] @ D[1]
-            self._input_grad(D, dV[:, :m], dd[:, :m], dxp[a:e])
-        dU = dU.reshape(4, self.kh, self.c, self.f)
-        s = np.add(dU[1], dU[2], out=dUc.reshape(4, self.kh, self.c, self.f)[0])
-        s *= 0.5
-        np.add(dU[0], s, out=gW[:, 0])
-        np.subtract(s, dU[3], out=gW[:, 2])
-        np.subtract(dU[1], dU[2], out=gW[:, 1])
-        gW[:, 1] *= 0.5
+                gb += ones[:(e - a) * r] @ D[1]  # dm_1 = dy_0 + dy_1
+            self._input_grad(D, self._block("dV", a, e, self.k, dt), dxp[a:e])
+        taps = self.bufs.get("dtaps", (self.kw, self.k * self.f), dt)
+        np.matmul(self.bufs.get("G", self.G.shape, dt).T, dU.reshape(t, -1), out=taps)
+        np.copyto(gW, taps.reshape(self.kw, self.kh, self.c, self.f).transpose(1, 0, 2, 3))
 
-    def _input_grad(self, D, dV, dd, dxp):
-        np.matmul(D, self.U.transpose(0, 2, 1), out=dV)  # dV[3] holds -dV3
-        k = fused.kernels()
+    def _input_grad(self, D, dV, dxp):
+        np.matmul(D, self.U.transpose(0, 2, 1), out=dV)
+        k, dt = fused.kernels(), dV.dtype
+        shape = (self.t, len(dxp), self.oh, self.v, self.kh, self.c)
         if k:
-            return k["input_grad"](dV.reshape(4, len(dxp), self.oh, self.v, self.kh, self.c), dxp, dxp.dtype.type(0))
-        np.subtract(dV[1], dV[2], out=dd[0])  # dd1 = dV1 - dV2 + dV3
-        dd[0] -= dV[3]
-        np.add(dV[1], dV[2], out=dd[1])  # dd2 = dV1 + dV2 - dV0
-        dd[1] -= dV[0]
+            return k["input_grad"](dV.reshape(shape), dxp, dt.type(1))
         dxp[...] = 0
-        shape = (len(dxp), self.oh, self.v, self.kh, self.c)
-        for k, src in enumerate((dV[0], dd[0], dd[1], dV[3])):  # dd3 = -dV3
-            s = src.reshape(shape)
+        dvs = dV.reshape(shape)
+        dd, tmp = (self.bufs.get(key, shape[1:], dt) for key in ("dd", "tmp"))
+        for j in range(self.t):  # column offset j, then kernel row i, each over all values
+            terms = _terms(self.BT[:, j], dvs)
+            src = terms[0][1] if len(terms) == 1 and terms[0][0] == 1 else _combine(dd, terms, tmp)
             for i in range(self.kh):
-                dxp[:, i:i + self.oh, k:k + self.ow:2] += s[:, :, :, i]
+                dxp[:, i:i + self.oh, j:j + self.ow:2] += src[:, :, :, i]
