@@ -306,9 +306,11 @@ def test_tiled_buffers_do_not_pile_up_over_image_counts(monkeypatch):
 
 
 @pytest.mark.parametrize("conv,channels,pool", [
-    (_conv(4, 3, 2), 1, (2, 2)), (_conv(4), 2, (2, 2)), (_conv(4, 3, 1, "same"), 1, (3, 2)), (_conv(4), 1, None)])
+    (_conv(4, 3, 2), 1, (2, 2)), (_conv(4), 2, (2, 2)), (_conv(4, 3, 1, "same"), 1, (3, 2)), (_conv(4), 1, None),
+    (_conv(12, 5, 1, "same"), 1, (2, 2))])
 def test_tiles_only_for_a_first_one_channel_stride_1_conv_into_a_tiling_pool(conv, channels, pool):
-    # not for stride 2, two input channels, a pool that overlaps (3 with stride 2), no pool;
+    # not for stride 2, two input channels, a pool that overlaps (3 with stride 2), no pool, 12
+    # filters (tiles.MAX_FILTERS);
     # nor for a second conv (after a first one with one filter)
     pool = [{"type": "maxpool2d", "pool": pool[0], "stride": pool[1]}] if pool else [{"type": "relu"}]
     for first in ([], [_conv(1, 1), {"type": "relu"}]):

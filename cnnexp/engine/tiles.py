@@ -1,5 +1,5 @@
-"""A plan's first stage when it is a one-channel conv with stride 1 (any kernel, padding, bias
-and activation) into a pool that tiles its output (pool size = pool stride, max or average),
+"""A plan's first stage when it is a one-channel conv with stride 1 and fewer than
+``MAX_FILTERS`` filters (any kernel, padding, bias and activation) into a pool that tiles its output (pool size = pool stride, max or average),
 computed as pool-window tiles, channel-first: ``TiledConv``, or ``TiledHead`` when a flatten and
 a dense layer follow (the seed net's whole body).
 
@@ -32,6 +32,10 @@ from .stages import DenseStage, FlattenStage
 #: piece runs tiled: below it the conv stage was as fast or faster (per-call costs;
 #: benchmarks/NOTES.md, session 8)
 MIN_MACS = 3e6
+#: fewest filters for which the conv stage runs instead: its product is then wide enough (tiles
+#: lost in training from 12 filters with 5x5 kernels, and in inference from 16; benchmarks/NOTES.md,
+#: session 10)
+MAX_FILTERS = 12
 #: columns per chunk of the weight-gradient product (``TiledConv._weight_grad``)
 CHUNK = 1024
 
@@ -45,7 +49,7 @@ class TiledConv:
         if not stages or not isinstance(stages[0], ConvStage):
             return False
         conv, pool = stages[0], stages[0].pool
-        return conv.c == 1 and pool is not None and (conv.sh, conv.sw) == (1, 1) and \
+        return conv.c == 1 and conv.f < MAX_FILTERS and pool is not None and (conv.sh, conv.sw) == (1, 1) and \
             (pool.sh, pool.sw) == (pool.ph, pool.pw)
 
     def __init__(self, conv: ConvStage):
