@@ -1,15 +1,18 @@
-"""Compiled loops (numba) for the array passes of Winograd F(2, 3) (``winograd.py``), the conv
-stage's input-gradient adds (``conv.py``), and relu's and the max-pool's gradients (``ops.py``).
+"""Compiled loops (numba) for the array passes of Winograd F(2, 3) and F(2, 5) (``winograd.py``),
+the conv stage's input-gradient adds (``conv.py``), and relu's and the max-pool's gradients
+(``ops.py``).
 
-numpy runs each transform as several passes over whole arrays (four for the input transform,
-five for the output transform and bias, four for the backward's ``dm``, four plus twelve shifted
-adds for the input gradient), each reading and writing every value again. Here each group is one
-loop doing, for every element, the same float operations in the same order as the passes, so
-the results are the same numbers (``tests/test_engines.py`` checks it), with each value read and
-written once (``benchmarks/fusion_probe.py``, ``benchmarks/NOTES.md``, session 9).
+numpy runs each transform as several passes over whole arrays (for F(2, 3): four for the input
+transform, five for the output transform and bias, four for the backward's ``dm``, four plus
+twelve shifted adds for the input gradient), each reading and writing every value again. Here
+each group is one loop doing, for every element, the same float operations in the same order as
+the passes (``winograd._combine`` over ``winograd.TRANSFORMS``), so the results are the same
+numbers (``tests/test_engines.py`` checks it), with each value read and written once
+(``benchmarks/fusion_probe.py``, ``benchmarks/NOTES.md``, sessions 9 and 10). The loops index
+arrays element by element: a view made per inner loop cost more than the loop's work.
 
-The input gradient keeps the passes' order of adds (offset k, then kernel row i, each over all
-values), computing the transformed values as it adds them instead of storing them first.
+The input gradient keeps the passes' order of adds (column offset j, then kernel row i, each
+over all values), computing the transformed values as it adds them instead of storing them first.
 
 ``kernels()`` compiles on first use (cached on disk by numba) and returns None when numba is
 missing or ``CNNEXP_FUSED=0``: the numpy passes then run (``enabled`` refuses other values).
