@@ -319,13 +319,15 @@ def test_tiles_only_for_a_first_one_channel_stride_1_conv_into_a_tiling_pool(con
         assert not any(k.startswith("Tiled") for k in plan_stages(make(spec, "fast")))
 
 
-@pytest.mark.parametrize("kernel,padding,pool,bias,act", [
-    (3, "valid", "maxpool2d", True, "relu"), (3, "same", None, False, "relu"), (3, "valid", "avgpool2d", True, "tanh"),
-    ([5, 3], "same", None, True, "sigmoid"), ([1, 3], "valid", "maxpool2d", False, "relu"),
-    (5, "same", "avgpool2d", True, "sigmoid"), ([3, 5], "valid", None, False, "relu"), (5, "valid", "maxpool2d", True, "tanh")])
-def test_winograd_convs_match_the_reference(kernel, padding, pool, bias, act, monkeypatch):
+@pytest.mark.parametrize("kernel,padding,pool,bias,act,m", [
+    (3, "valid", "maxpool2d", True, "relu", 2), (3, "same", None, False, "relu", 4), (3, "valid", "avgpool2d", True, "tanh", 2),
+    ([5, 3], "same", None, True, "sigmoid", 4), ([1, 3], "valid", "maxpool2d", False, "relu", 2),
+    (3, "same", "maxpool2d", True, "relu", 4), (3, "same", "avgpool2d", False, "sigmoid", 4),
+    (5, "same", "avgpool2d", True, "sigmoid", 2), ([3, 5], "valid", None, False, "relu", 2), (5, "valid", "maxpool2d", True, "tanh", 2)])
+def test_winograd_convs_match_the_reference(kernel, padding, pool, bias, act, m, monkeypatch):
     # the second conv (32 -> 32 channels, three or five kernel columns, stride 1) runs all three
-    # products by Winograd F(2, 3) or F(2, 5); one image per chunk, so batches and pieces span several chunks
+    # products by Winograd: F(4, 3) where the output width (8 here) is a multiple of 4, F(2, 3)
+    # (width 6) and F(2, 5); one image per chunk, so batches and pieces span several chunks
     monkeypatch.setattr(winograd, "CHUNK_ROWS", 1)
     conv2 = {**_conv(32, kernel, 1, padding), "bias": bias}
     layers = [_conv(32), {"type": "relu"}, conv2, {"type": act}] + ([{"type": pool, "pool": 2}] if pool else [])
@@ -334,7 +336,7 @@ def test_winograd_convs_match_the_reference(kernel, padding, pool, bias, act, mo
     fast = make(spec, "fast")
     stages = fast.engine._workers(1)[0][0]
     assert stages[0].wino is None and stages[1].wino is not None and stages[1].wino.chunk == 1
-    assert stages[1].wino.blocked is (pool is not None) and (stages[1].fold or not bias)
+    assert stages[1].wino.blocked is (pool is not None) and (stages[1].fold or not bias) and stages[1].wino.m == m
     x, y = batch(spec, n=2)
     for n, used in ((2, True), (1, False)):  # one image: the unrolled product (MIN_IMAGES)
         fast.engine.train(x[:n], y[:n], raw=True)
@@ -342,18 +344,20 @@ def test_winograd_convs_match_the_reference(kernel, padding, pool, bias, act, mo
     compare_engines(spec, n=5, threads=(1, 2), batch_size=2)
 
 
-@pytest.mark.parametrize("kernel,pool,bias,dtype", [
-    (3, "maxpool2d", True, "float32"), (3, None, False, "float64"), ([5, 3], None, True, "float32"),
-    (3, "avgpool2d", False, "float32"), (5, "avgpool2d", True, "float32"), (5, None, False, "float64"),
-    ([3, 5], "maxpool2d", True, "float32")])
-def test_fused_winograd_passes_give_the_numpy_passes_numbers(kernel, pool, bias, dtype, monkeypatch):
+@pytest.mark.parametrize("kernel,padding,pool,bias,dtype", [
+    (3, "same", "maxpool2d", True, "float32"), (3, "same", None, False, "float64"), ([5, 3], "same", None, True, "float32"),
+    (3, "same", "avgpool2d", False, "float32"), ([1, 3], "valid", "maxpool2d", True, "float32"),
+    ([1, 3], "valid", None, False, "float64"), (5, "same", "avgpool2d", True, "float32"), (5, "same", None, False, "float64"),
+    ([3, 5], "same", "maxpool2d", True, "float32")])
+def test_fused_winograd_passes_give_the_numpy_passes_numbers(kernel, padding, pool, bias, dtype, monkeypatch):
     # the compiled loops (fused.py) against the numpy passes they replace: bit for bit, in the
     # conv's output, its weight and bias gradients and its input gradient (plain and 2x2-pool
-    # blocked outputs, three and five kernel rows and columns, both float types); two images per chunk
+    # blocked outputs, F(4, 3) (8 output columns), F(2, 3) (6) and F(2, 5), three and five kernel
+    # rows, both float types); two images per chunk
     if fused.kernels() is None:
         pytest.skip("numba is not installed: only the numpy passes run")
-    monkeypatch.setattr(winograd, "CHUNK_ROWS", 2 * 8 * 4)  # 8x8 outputs: 32 product rows an image
-    conv2 = {**_conv(32, kernel, 1, "same"), "bias": bias}
+    monkeypatch.setattr(winograd, "CHUNK_ROWS", 2 * 8 * 4)  # 2 * CHUNK_ROWS // (8 x 8 or 8 x 6 outputs)
+    conv2 = {**_conv(32, kernel, 1, padding), "bias": bias}
     spec = {"input_shape": [10, 10, 1], "layers": [_conv(32), {"type": "relu"}, conv2, {"type": "tanh"}] + (
         [{"type": pool, "pool": 2}] if pool else []) + [{"type": "flatten"}, {"type": "dense", "units": 3},
                                                           {"type": "softmax"}]}

@@ -1,4 +1,4 @@
-"""Compiled loops (numba) for the array passes of Winograd F(2, 3) and F(2, 5) (``winograd.py``),
+"""Compiled loops (numba) for the array passes of Winograd F(2, 3), F(4, 3) and F(2, 5) (``winograd.py``),
 the conv stage's input-gradient adds (``conv.py``), and relu's and the max-pool's gradients
 (``ops.py``).
 
@@ -62,9 +62,10 @@ def _compile():
         jit = numba.njit(cache=False, boundscheck=False, nogil=True)
 
     @jit
-    def input_t(xp, v, one):
-        """``v`` (R + 1, N, OH, V, KH, C): ``V_k = sum_j BT[k, j] d_j`` (``winograd.TRANSFORMS``,
-        R = 3 or 5) with ``d_j = xp[n, oh + i, 2v + j, c]``; ``one`` a 1 of the arrays' type."""
+    def input_t(xp, v, step, one):
+        """``v`` (M + R - 1, N, OH, V, KH, C): ``V_k = sum_j BT[k, j] d_j`` (``winograd.TRANSFORMS``:
+        4 products for F(2, 3), 6 for F(4, 3) and F(2, 5), which share BT) with ``d_j = xp[n, oh + i,
+        step * v + j, c]`` (``step`` = M); ``one`` a 1 of the arrays' type."""
         t, n, oh, nv, kh, c = v.shape
         two = one + one
         four, five = two + two, two + two + one
@@ -72,7 +73,7 @@ def _compile():
             for h in range(oh):
                 for u in range(nv):
                     for i in range(kh):
-                        r, q = h + i, 2 * u
+                        r, q = h + i, step * u
                         if t == 4:
                             for ch in range(c):
                                 d0, d1, d2, d3 = xp[a, r, q, ch], xp[a, r, q + 1, ch], xp[a, r, q + 2, ch], xp[a, r, q + 3, ch]
@@ -92,57 +93,77 @@ def _compile():
                                 v[5, a, h, u, i, ch] = four * d1 - five * d3 + d5
 
     @jit
-    def output_t(m, y0, y1, b, bias, one):
-        """``y_i = sum_k AT[i, k] m_k (+ b)``; ``m`` (R + 1, ...) and the two column views shaped
-        (N, U, A, V, F) (rows 2u + a; A = 1 for a plain output)."""
+    def output_t(m, ye, yo, b, bias, one):
+        """``y_i = sum_k AT[i, k] m_k (+ b)``; ``m`` (M + R - 1, N, U, A, V, F) and the even and
+        odd columns' views (N, U, A, V, M/2, F) (rows 2u + a; A = 1 for a plain output)."""
         t, two = m.shape[0], one + one
-        n, nu, na, nv, f = y0.shape
+        four = two + two
+        eight = four + four
+        n, nu, na, nv, h, f = ye.shape
         for a in range(n):
             for u in range(nu):
                 for r in range(na):
                     for w in range(nv):
                         for k in range(f):
                             m0, m1, m2, m3 = m[0, a, u, r, w, k], m[1, a, u, r, w, k], m[2, a, u, r, w, k], m[3, a, u, r, w, k]
-                            if t == 4:
-                                e = m0 + m1 + m2
-                                o = m1 - m2 + m3
-                            else:
-                                m4, m5 = m[4, a, u, r, w, k], m[5, a, u, r, w, k]
-                                e = m0 + m1 + m2 + m3 + m4
+                            bk = b[k] if bias else one - one
+                            if t == 4:  # F(2, 3)
+                                ye[a, u, r, w, 0, k] = m0 + m1 + m2 + bk if bias else m0 + m1 + m2
+                                yo[a, u, r, w, 0, k] = m1 - m2 + m3 + bk if bias else m1 - m2 + m3
+                                continue
+                            m4, m5 = m[4, a, u, r, w, k], m[5, a, u, r, w, k]
+                            e = m0 + m1 + m2 + m3 + m4
+                            if h == 1:  # F(2, 5)
                                 o = m1 - m2 + two * m3 - two * m4 + m5
-                            if bias:
-                                e += b[k]
-                                o += b[k]
-                            y0[a, u, r, w, k] = e
-                            y1[a, u, r, w, k] = o
+                                ye[a, u, r, w, 0, k] = e + bk if bias else e
+                                yo[a, u, r, w, 0, k] = o + bk if bias else o
+                                continue
+                            o = m1 - m2 + two * m3 - two * m4  # F(4, 3)
+                            e2 = m1 + m2 + four * m3 + four * m4
+                            o2 = m1 - m2 + eight * m3 - eight * m4 + m5
+                            ye[a, u, r, w, 0, k] = e + bk if bias else e
+                            yo[a, u, r, w, 0, k] = o + bk if bias else o
+                            ye[a, u, r, w, 1, k] = e2 + bk if bias else e2
+                            yo[a, u, r, w, 1, k] = o2 + bk if bias else o2
 
     @jit
-    def dm_t(dy0, dy1, d, one):
-        """``d`` (R + 1, N, U, A, V, F): ``dm_k = AT[0, k] dy0 + AT[1, k] dy1``."""
+    def dm_t(de, do, d, one):
+        """``d`` (M + R - 1, N, U, A, V, F): ``dm_k = sum_i AT[i, k] dy_i`` from the even and
+        odd columns' gradients (N, U, A, V, M/2, F)."""
         t = d.shape[0]
         two = one + one
-        n, nu, na, nv, f = dy0.shape
+        four = two + two
+        eight = four + four
+        n, nu, na, nv, h, f = de.shape
         for a in range(n):
             for u in range(nu):
                 for r in range(na):
                     for w in range(nv):
                         for k in range(f):
-                            g0, g1 = dy0[a, u, r, w, k], dy1[a, u, r, w, k]
+                            g0, g1 = de[a, u, r, w, 0, k], do[a, u, r, w, 0, k]
                             d[0, a, u, r, w, k] = g0
+                            if h == 2:  # F(4, 3)
+                                g2, g3 = de[a, u, r, w, 1, k], do[a, u, r, w, 1, k]
+                                d[1, a, u, r, w, k] = g0 + g1 + g2 + g3
+                                d[2, a, u, r, w, k] = g0 - g1 + g2 - g3
+                                d[3, a, u, r, w, k] = g0 + two * g1 + four * g2 + eight * g3
+                                d[4, a, u, r, w, k] = g0 - two * g1 + four * g2 - eight * g3
+                                d[5, a, u, r, w, k] = g3
+                                continue
                             d[1, a, u, r, w, k] = g0 + g1
                             d[2, a, u, r, w, k] = g0 - g1
-                            if t == 4:
+                            if t == 4:  # F(2, 3)
                                 d[3, a, u, r, w, k] = g1
-                            else:
+                            else:  # F(2, 5)
                                 d[3, a, u, r, w, k] = g0 + two * g1
                                 d[4, a, u, r, w, k] = g0 - two * g1
                                 d[5, a, u, r, w, k] = g1
 
     @jit
-    def input_grad_t(dv, dxp, one):
-        """``dxp`` (N, OH + KH - 1, 2V + R - 1, C) from ``dv`` (R + 1, N, OH, V, KH, C): ``sum_k
-        BT[k, j] dV_k`` added at column 2v + j, in the passes' order (column offset j, then kernel
-        row i, each over all values)."""
+    def input_grad_t(dv, dxp, step, one):
+        """``dxp`` (N, OH + KH - 1, MV + R - 1, C) from ``dv`` (M + R - 1, N, OH, V, KH, C): ``sum_k
+        BT[k, j] dV_k`` added at column step * v + j (``step`` = M), in the passes' order (column
+        offset j, then kernel row i, each over all values)."""
         t, n, oh, nv, kh, c = dv.shape
         two = one + one
         four, five = two + two, two + two + one
@@ -152,7 +173,7 @@ def _compile():
                 for a in range(n):
                     for h in range(oh):
                         for u in range(nv):
-                            q = 2 * u + j
+                            q = step * u + j
                             if t == 4:
                                 if j == 0:
                                     for ch in range(c):

@@ -35,19 +35,25 @@ from numpy.lib.stride_tricks import as_strided
 from . import fused
 from .buffers import Buffers
 
-#: per kernel width R: (AT (2, R + 1), BT (R + 1, R + 1), G (R + 1, R)); the compiled loops
-#: (``fused.py``) spell out the same sums in the same order
+#: per (outputs M, kernel width R): (AT (M, M + R - 1), BT (M + R - 1, M + R - 1), G (M + R - 1, R));
+#: the compiled loops (``fused.py``) spell out the same sums in the same order. F(4, 3) and
+#: F(2, 5) share their evaluation points, so their input transforms (BT) are the same.
+_BT6 = np.array([[4, 0, -5, 0, 1, 0], [0, 4, 4, -1, -1, 0], [0, -4, 4, 1, -1, 0],
+                 [0, -2, -1, 2, 1, 0], [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]], float)
 TRANSFORMS = {
-    3: (np.array([[1, 1, 1, 0], [0, 1, -1, 1]], float),
-        np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, -1, 0, 1]], float),
-        np.array([[1, 0, 0], [.5, .5, .5], [.5, -.5, .5], [0, 0, 1]])),
-    5: (np.array([[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 1]], float),
-        np.array([[4, 0, -5, 0, 1, 0], [0, 4, 4, -1, -1, 0], [0, -4, 4, 1, -1, 0],
-                  [0, -2, -1, 2, 1, 0], [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]], float),
-        np.array([[1 / 4, 0, 0, 0, 0], [1 / 6, 1 / 6, 1 / 6, 1 / 6, 1 / 6], [1 / 6, -1 / 6, 1 / 6, -1 / 6, 1 / 6],
-                  [1 / 24, 1 / 12, 1 / 6, 1 / 3, 2 / 3], [1 / 24, -1 / 12, 1 / 6, -1 / 3, 2 / 3], [0, 0, 0, 0, 1]])),
+    (2, 3): (np.array([[1, 1, 1, 0], [0, 1, -1, 1]], float),
+             np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, -1, 0, 1]], float),
+             np.array([[1, 0, 0], [.5, .5, .5], [.5, -.5, .5], [0, 0, 1]])),
+    (4, 3): (np.array([[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]], float),
+             _BT6,
+             np.array([[1 / 4, 0, 0], [1 / 6, 1 / 6, 1 / 6], [1 / 6, -1 / 6, 1 / 6], [1 / 24, 1 / 12, 1 / 6],
+                       [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]])),
+    (2, 5): (np.array([[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 1]], float),
+             _BT6,
+             np.array([[1 / 4, 0, 0, 0, 0], [1 / 6, 1 / 6, 1 / 6, 1 / 6, 1 / 6], [1 / 6, -1 / 6, 1 / 6, -1 / 6, 1 / 6],
+                       [1 / 24, 1 / 12, 1 / 6, 1 / 3, 2 / 3], [1 / 24, -1 / 12, 1 / 6, -1 / 3, 2 / 3], [0, 0, 0, 0, 1]])),
 }
-#: product rows (output positions / 2) per chunk of images
+#: output positions / 2 per chunk of images
 CHUNK_ROWS = 1152
 #: per kernel width: fewest input channels, filters, and channels x filters for which the path
 #: is used (it lost where the products are small against the transforms' passes)
@@ -56,11 +62,20 @@ MIN_FILTERS = {3: 32, 5: 8}
 MIN_CHANNELS_X_FILTERS = {3: 1024, 5: 64}
 #: fewest images in a call (one image: the transforms' many small passes cost more than they save)
 MIN_IMAGES = 2
+#: F(4, 3) for three kernel columns where the output width allows it (else F(2, 3))
+FOUR = True
+
+
+def variant(kw: int, ow: int) -> tuple | None:
+    """``(M, R)``: the transform for a conv of ``kw`` kernel columns and ``ow`` output columns."""
+    if kw == 3 and ow % 4 == 0 and FOUR:
+        return 4, 3
+    return (2, kw) if (2, kw) in TRANSFORMS and ow % 2 == 0 else None
 
 
 def applies(kw: int, strides: tuple, ow: int, c: int, f: int, blocks) -> bool:
     """Whether a conv with these settings runs on this path."""
-    return (kw in TRANSFORMS and strides == (1, 1) and ow % 2 == 0 and blocks in (None, (2, 2))
+    return (variant(kw, ow) is not None and strides == (1, 1) and blocks in (None, (2, 2))
             and c >= MIN_CHANNELS[kw] and f >= MIN_FILTERS[kw] and c * f >= MIN_CHANNELS_X_FILTERS[kw])
 
 
@@ -95,34 +110,37 @@ class Winograd:
 
     def __init__(self, kh: int, kw: int, c: int, f: int, oh: int, ow: int, blocks):
         self.kh, self.kw, self.c, self.f, self.oh, self.ow = kh, kw, c, f, oh, ow
-        self.AT, self.BT, self.G = TRANSFORMS[kw]
-        self.t = kw + 1  # products per pair of output columns
+        self.m = variant(kw, ow)[0]  # output columns per group
+        self.AT, self.BT, self.G = TRANSFORMS[(self.m, kw)]
+        self.t = self.m + kw - 1  # products per group of output columns
         self.blocked = blocks is not None
-        self.v = ow // 2
+        self.v = ow // self.m
         self.rows = oh * self.v  # product rows per image
         self.k = kh * c
-        self.chunk = max(1, CHUNK_ROWS // self.rows)
+        self.chunk = max(1, 2 * CHUNK_ROWS // (oh * ow))
         self.bufs = Buffers()
 
     def _inputs(self, xp):
-        """``d_j[n, oh, v, i, c] = xp[n, oh + i, 2v + j, c]`` for j = 0..R (views)."""
+        """``d_j[n, oh, v, i, c] = xp[n, oh + i, Mv + j, c]`` for j = 0..M + R - 2 (views)."""
         n = len(xp)
         s0, s1, s2, s3 = xp.strides
-        return [as_strided(xp[:, :, j:], (n, self.oh, self.v, self.kh, self.c), (s0, s1, 2 * s2, s1, s3),
+        return [as_strided(xp[:, :, j:], (n, self.oh, self.v, self.kh, self.c), (s0, s1, self.m * s2, s1, s3),
                            writeable=False) for j in range(self.t)]
 
     def _columns(self, y):
-        """The even and odd output columns of ``y`` (plain (N, OH, OW, F) or in 2x2 blocks), as
-        views shaped like a product's rows reshaped: (N, OH, V, F) or (N, OH/2, 2, V, F)."""
+        """The even and odd output columns of ``y`` (plain (N, OH, OW, F) or in 2x2 blocks) as
+        views (N, U, A, V, M/2, F): column ``Mv + 2i + {0, 1}`` of row ``2u + a`` (A = 1 and
+        row u for a plain output)."""
+        n, h, f = len(y), self.m // 2, self.f
         if not self.blocked:
-            o = y.reshape(len(y), self.oh, self.v, 2, self.f)
-            return o[:, :, :, 0], o[:, :, :, 1]
-        o = y.transpose(0, 2, 3, 1, 4, 5)  # (n, b, u, a, v, F): column 2v + b, row 2u + a
-        return o[:, 0], o[:, 1]
+            o = y.reshape(n, self.oh, 1, self.v, h, 2, f)
+            return o[..., 0, :], o[..., 1, :]
+        o = y.transpose(0, 2, 3, 1, 4, 5)  # (n, b, u, a, w, F): column 2w + b, row 2u + a
+        return tuple(o[:, b].reshape(n, self.oh // 2, 2, self.v, h, f) for b in (0, 1))
 
-    def _five(self, c):
-        """A column view as (N, U, A, V, F): rows 2u + a of a blocked output, A = 1 for a plain one."""
-        return c if c.ndim == 5 else c[:, :, None]
+    def _split(self, ye, yo) -> list:
+        """The M output columns' views from ``_columns``' two."""
+        return [(ye, yo)[i % 2][..., i // 2, :] for i in range(self.m)]
 
     def _transform_weights(self, W):
         """``U`` (R + 1, KH*C, F) from ``W`` (KH, R, C, F): one product with ``G``."""
@@ -156,18 +174,19 @@ class Winograd:
             Vc, Mc = self._block("V", a, e, self.k, dt, self.n), self._block("M", a, e, self.f, dt)
             v = Vc.reshape(t, e - a, self.oh, self.v, self.kh, self.c)
             if k:
-                k["input"](xp[a:e], v, dt.type(1))
+                k["input"](xp[a:e], v, self.m, dt.type(1))
             else:
                 tmp = self.bufs.get("tmp", v.shape[1:], dt)
                 for j in range(t):
                     _combine(v[j], _terms(self.BT[j], [dk[a:e] for dk in d]), tmp)
             np.matmul(Vc, self.U, out=Mc)
-            y0, y1 = (self._five(c) for c in self._columns(y[a:e]))
+            ye, yo = self._columns(y[a:e])
+            shape = ye.shape[:4] + (self.f,)
             if k:
-                k["output"](Mc.reshape((t,) + y0.shape), y0, y1, b if b is not None else Mc[0, 0], b is not None, dt.type(1))
+                k["output"](Mc.reshape((t,) + shape), ye, yo, b if b is not None else Mc[0, 0], b is not None, dt.type(1))
                 continue
-            ms, tmp = [x.reshape(y0.shape) for x in Mc], self.bufs.get("tmpy", y0.shape, dt)
-            for i, yi in enumerate((y0, y1)):
+            ms, tmp = [x.reshape(shape) for x in Mc], self.bufs.get("tmpy", shape, dt)
+            for i, yi in enumerate(self._split(ye, yo)):
                 _combine(yi, _terms(self.AT[i], ms), tmp)
             if b is not None:
                 y[a:e] += b
@@ -186,19 +205,20 @@ class Winograd:
         k = fused.kernels()
         for a in range(0, n, self.chunk):
             e = min(n, a + self.chunk)
-            dy0, dy1 = (self._five(c) for c in self._columns(dy[a:e]))
+            de, do = self._columns(dy[a:e])
+            shape = de.shape[:4] + (self.f,)
             D = self._block("DM", a, e, self.f, dt)
             if k:
-                k["dm"](dy0, dy1, D.reshape((t,) + dy0.shape), dt.type(1))
+                k["dm"](de, do, D.reshape((t,) + shape), dt.type(1))
             else:
-                tmp = self.bufs.get("tmpy", dy0.shape, dt)
+                tmp, dys = self.bufs.get("tmpy", shape, dt), self._split(de, do)
                 for j, dj in enumerate(D):
-                    _combine(dj.reshape(dy0.shape), _terms(self.AT[:, j], (dy0, dy1)), tmp)
+                    _combine(dj.reshape(shape), _terms(self.AT[:, j], dys), tmp)
             np.matmul(self._block("V", a, e, self.k, dt, self.n).transpose(0, 2, 1), D, out=dU if a == 0 else dUc)
             if a:
                 dU += dUc
             if gb is not None:
-                gb += ones[:(e - a) * r] @ D[1]  # dm_1 = dy_0 + dy_1
+                gb += ones[:(e - a) * r] @ D[1]  # dm_1: the sum of the M outputs' gradients
             self._input_grad(D, self._block("dV", a, e, self.k, dt), dxp[a:e])
         taps = self.bufs.get("dtaps", (self.kw, self.k * self.f), dt)
         np.matmul(self.bufs.get("G", self.G.shape, dt).T, dU.reshape(t, -1), out=taps)
@@ -209,7 +229,7 @@ class Winograd:
         k, dt = fused.kernels(), dV.dtype
         shape = (self.t, len(dxp), self.oh, self.v, self.kh, self.c)
         if k:
-            return k["input_grad"](dV.reshape(shape), dxp, dt.type(1))
+            return k["input_grad"](dV.reshape(shape), dxp, self.m, dt.type(1))
         dxp[...] = 0
         dvs = dV.reshape(shape)
         dd, tmp = (self.bufs.get(key, shape[1:], dt) for key in ("dd", "tmp"))
@@ -217,4 +237,4 @@ class Winograd:
             terms = _terms(self.BT[:, j], dvs)
             src = terms[0][1] if len(terms) == 1 and terms[0][0] == 1 else _combine(dd, terms, tmp)
             for i in range(self.kh):
-                dxp[:, i:i + self.oh, j:j + self.ow:2] += src[:, :, :, i]
+                dxp[:, i:i + self.oh, j:j + self.ow:self.m] += src[:, :, :, i]
