@@ -434,10 +434,12 @@ def test_a_bad_fused_switch_names_the_value_and_the_valid_ones(monkeypatch):
 
 @pytest.mark.parametrize("c,f,k,size,first", [(16, 32, 3, 10, False), (32, 32, 2, 10, False), (32, 32, 3, 11, False),
                                               (32, 32, 3, 10, True), (2, 48, 5, 10, False), (6, 8, 5, 10, False),
-                                              (12, 4, 5, 10, False), (16, 16, 5, 11, False)])
+                                              (12, 4, 5, 10, False), (16, 16, 5, 11, False), (8, 16, 3, 12, False),
+                                              (4, 64, 3, 12, False)])
 def test_winograd_only_where_it_was_measured_to_win(c, f, k, size, first):
-    # 3 columns: fewer than 16 x 64 / 32 x 32 channels x filters; 5 columns: fewer than 4
-    # channels, 8 filters or 64 channels x filters (benchmarks/NOTES.md, session 10); two kernel
+    # 3 columns, F(2, 3) (6 output columns): fewer than 16 x 64 / 32 x 32 channels x filters;
+    # F(4, 3) (8 output columns): fewer than 8 channels or 256 channels x filters; 5 columns:
+    # fewer than 4 channels, 8 filters or 64 channels x filters (benchmarks/NOTES.md, session 10); two kernel
     # columns, an odd output width, a first conv (its input may come unrolled ahead): the unrolled product
     layers = [] if first else [_conv(c), {"type": "relu"}]
     spec = {"input_shape": [size, size, c if first else 1], "layers": layers + [_conv(f, k), {"type": "relu"},
@@ -446,6 +448,7 @@ def test_winograd_only_where_it_was_measured_to_win(c, f, k, size, first):
     assert stages[0 if first else 1].wino is None
     assert winograd.applies(3, (1, 1), 8, 32, 32, None) and winograd.applies(3, (1, 1), 8, 16, 64, (2, 2))
     assert winograd.applies(5, (1, 1), 8, 4, 16, None) and winograd.applies(5, (1, 1), 8, 12, 8, (2, 2))
+    assert winograd.applies(3, (1, 1), 8, 8, 32, None) and not winograd.applies(3, (1, 1), 6, 8, 32, None)
 
 
 def test_relu_after_a_max_pool_gives_windows_with_max_0_no_gradient():

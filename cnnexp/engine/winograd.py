@@ -55,11 +55,11 @@ TRANSFORMS = {
 }
 #: output positions / 2 per chunk of images
 CHUNK_ROWS = 1152
-#: per kernel width: fewest input channels, filters, and channels x filters for which the path
-#: is used (it lost where the products are small against the transforms' passes)
-MIN_CHANNELS = {3: 16, 5: 4}
-MIN_FILTERS = {3: 32, 5: 8}
-MIN_CHANNELS_X_FILTERS = {3: 1024, 5: 64}
+#: per transform: fewest input channels, filters, and channels x filters for which the path is
+#: used (it lost where the products are small against the transforms' passes; benchmarks/NOTES.md)
+MIN_CHANNELS = {(2, 3): 16, (4, 3): 8, (2, 5): 4}
+MIN_FILTERS = {(2, 3): 32, (4, 3): 8, (2, 5): 8}
+MIN_CHANNELS_X_FILTERS = {(2, 3): 1024, (4, 3): 256, (2, 5): 64}
 #: fewest images in a call (one image: the transforms' many small passes cost more than they save)
 MIN_IMAGES = 2
 #: F(4, 3) for three kernel columns where the output width allows it (else F(2, 3))
@@ -75,8 +75,9 @@ def variant(kw: int, ow: int) -> tuple | None:
 
 def applies(kw: int, strides: tuple, ow: int, c: int, f: int, blocks) -> bool:
     """Whether a conv with these settings runs on this path."""
-    return (variant(kw, ow) is not None and strides == (1, 1) and blocks in (None, (2, 2))
-            and c >= MIN_CHANNELS[kw] and f >= MIN_FILTERS[kw] and c * f >= MIN_CHANNELS_X_FILTERS[kw])
+    v = variant(kw, ow)
+    return (v is not None and strides == (1, 1) and blocks in (None, (2, 2))
+            and c >= MIN_CHANNELS[v] and f >= MIN_FILTERS[v] and c * f >= MIN_CHANNELS_X_FILTERS[v])
 
 
 def _combine(out, terms, tmp):
