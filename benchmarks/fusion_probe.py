@@ -1,10 +1,11 @@
-"""What fusing Winograd's array passes saves: keras_mnist's second conv (26x26x32 -> 64, 3x3)
-as the engine runs it by F(2, 3) (``cnnexp/engine/winograd.py``), three groups of its
-element-wise passes timed as numpy runs them and as the engine's compiled loops
-(``cnnexp/engine/fused.py``, numba), per 16-image training part (the part of a batch of 32 on
-two cores), one thread. Each loop's result is first checked equal to the passes' (bit for bit).
+"""What fusing Winograd's array passes saves: the engine's Winograd conv (``cnnexp/engine/
+winograd.py``) for keras_mnist's second conv (26x26x32 -> 64, 3x3, F(4, 3), into a 2x2 pool's
+blocks) and same5_sigmoid_avg's (14x14x12 -> 24, 5x5 'same', F(2, 5)), forward and backward of
+one training part, with its element-wise passes as numpy runs them and as the engine's compiled
+loops (``cnnexp/engine/fused.py``, numba), one thread. The products are the same both ways; the
+difference is the passes. Each result is first checked equal both ways (bit for bit).
 
-    python benchmarks/fusion_probe.py [--images 16] [--repeats 41]
+    python benchmarks/fusion_probe.py [--repeats 21]
 """
 
 from __future__ import annotations
@@ -15,54 +16,13 @@ import sys
 import time
 
 import numpy as np
-from numpy.lib.stride_tricks import as_strided
 
-from cnnexp.engine import fused
+from cnnexp.engine import fused, winograd
 
-N_CHUNK = 4  # images per chunk (winograd.CHUNK_ROWS // rows per image)
-OH = OW = 24
-V, KH, C, F = OW // 2, 3, 32, 64
-
-
-def numpy_input(xp, out):
-    """The engine's input transform of one chunk: four passes over strided views."""
-    n = len(xp)
-    s0, s1, s2, s3 = xp.strides
-    d = [as_strided(xp[:, :, k:], (n, OH, V, KH, C), (s0, s1, 2 * s2, s1, s3)) for k in range(4)]
-    v = out.reshape(4, n, OH, V, KH, C)
-    np.subtract(d[0], d[2], out=v[0])
-    np.add(d[1], d[2], out=v[1])
-    np.subtract(d[2], d[1], out=v[2])
-    np.subtract(d[1], d[3], out=v[3])
-
-
-def numpy_output(M, b, y):
-    """The engine's output transform of one chunk into plain (n, OH, OW, F) ``y``."""
-    n = len(y)
-    o = y.reshape(n, OH, V, 2, F)
-    y0, y1 = o[:, :, :, 0], o[:, :, :, 1]
-    m0, m1, m2, m3 = (m.reshape(y0.shape) for m in M)
-    np.add(m0, m1, out=y0)
-    y0 += m2
-    np.subtract(m1, m2, out=y1)
-    y1 -= m3
-    y += b
-
-
-def numpy_scatter(dV, dxp):
-    """The engine's input-gradient transform and its twelve shifted adds, one chunk."""
-    n = len(dxp)
-    dd = np.empty((2,) + dV.shape[1:], dV.dtype)
-    np.subtract(dV[1], dV[2], out=dd[0])
-    dd[0] -= dV[3]
-    np.add(dV[1], dV[2], out=dd[1])
-    dd[1] -= dV[0]
-    dxp[...] = 0
-    shape = (n, OH, V, KH, C)
-    for k, src in enumerate((dV[0], dd[0], dd[1], dV[3])):
-        s = src.reshape(shape)
-        for i in range(KH):
-            dxp[:, i:i + OH, k:k + OW:2] += s[:, :, :, i]
+#: (name, KH, KW, C, F, OH, OW, images of a part): the part of a batch of 32 on two cores for
+#: keras_mnist, a training piece for same5_sigmoid_avg
+CONVS = [("keras_mnist conv 2, F(4, 3)", 3, 3, 32, 64, 24, 24, 16),
+         ("same5_sigmoid_avg conv 2, F(2, 5)", 5, 5, 12, 24, 14, 14, 8)]
 
 
 def median_us(fn, repeats: int) -> float:
@@ -75,69 +35,52 @@ def median_us(fn, repeats: int) -> float:
     return statistics.median(times) * 1e6
 
 
+def run(conv, kernels, repeats):
+    """(forward us, backward us, outputs) of one conv with the given loops (None: numpy passes)."""
+    _, kh, kw, c, f, oh, ow, n = conv
+    fused._KERNELS[:] = [kernels]
+    rng = np.random.default_rng(0)
+    f32 = np.float32
+    w = winograd.Winograd(kh, kw, c, f, oh, ow, (2, 2))
+    xp = rng.standard_normal((n, oh + kh - 1, ow + kw - 1, c)).astype(f32)
+    W, b = rng.standard_normal((kh, kw, c, f)).astype(f32), rng.standard_normal(f).astype(f32)
+    y = np.empty((n, 2, 2, oh // 2, ow // 2, f), f32)
+    dy = rng.standard_normal(y.shape).astype(f32)
+    gW, gb, dxp = np.empty_like(W), np.empty_like(b), np.empty_like(xp)
+    fwd = median_us(lambda: w.forward(xp, W, b, y), repeats)
+    bwd = median_us(lambda: w.backward(dy, gW, gb, dxp), repeats)
+    return fwd, bwd, (y.copy(), gW.copy(), gb.copy(), dxp.copy())
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--images", type=int, default=16)
-    ap.add_argument("--repeats", type=int, default=41)
+    ap.add_argument("--repeats", type=int, default=21)
     args = ap.parse_args(argv)
-    if fused.kernels() is None:
+    loops = fused.kernels()
+    if loops is None:
         print("no compiled loops (numba missing, or CNNEXP_FUSED=0): nothing to compare", file=sys.stderr)
         return 2
     from threadpoolctl import threadpool_limits
 
-    rng = np.random.default_rng(0)
-    f32 = np.float32
-    rows = N_CHUNK * OH * V
-    xp = rng.standard_normal((N_CHUNK, OH + 2, OW + 2, C)).astype(f32)
-    M = rng.standard_normal((4, rows, F)).astype(f32)
-    b = rng.standard_normal(F).astype(f32)
-    dV = rng.standard_normal((4, rows, KH * C)).astype(f32)
-    Vn, Vc = np.empty((4, rows, KH * C), f32), np.empty((4, rows, KH * C), f32)
-    yn, yc = np.empty((N_CHUNK, OH, OW, F), f32), np.empty((N_CHUNK, OH, OW, F), f32)
-    dn, dc = np.empty_like(xp), np.empty_like(xp)
-
-    k = fused.kernels()
-    o = yc.reshape(N_CHUNK, OH, V, 2, F)
-    y0, y1 = o[:, :, :, 0][:, :, None], o[:, :, :, 1][:, :, None]
-
-    def inp():
-        k["input"](xp, Vc.reshape(4, N_CHUNK, OH, V, KH, C))
-
-    def outp():
-        k["output"](M.reshape((4,) + y0.shape), y0, y1, b, True)
-
-    def scat():
-        k["input_grad"](dV.reshape(4, N_CHUNK, OH, V, KH, C), dc, f32(0))
-
-    inp(), outp(), scat()
-    numpy_input(xp, Vn), numpy_output(M, b, yn), numpy_scatter(dV, dn)
-    for what, a, ref in (("input transform", Vc, Vn), ("output transform", yc, yn), ("input gradient", dc, dn)):
-        if not np.array_equal(a, ref):
-            print(f"{what}: the compiled loop differs from numpy's passes", file=sys.stderr)
-            return 1
-
-    chunks = args.images / N_CHUNK
-    pairs = {
-        "input transform (forward)": (lambda: numpy_input(xp, Vn), inp),
-        "output transform + bias (forward)": (lambda: numpy_output(M, b, yn), outp),
-        "input gradient transform + adds (backward)": (lambda: numpy_scatter(dV, dn), scat),
-    }
-    print(f"keras_mnist conv 2 by F(2, 3), {args.images} images ({chunks:g} chunks of {N_CHUNK}), one thread, "
-          f"medians of {args.repeats}\n")
-    print("| passes | numpy us | compiled loop us | compiled / numpy |")
+    print(f"one thread, medians of {args.repeats}, three alternating rounds (median of their medians)\n")
+    print("| conv (images) | numpy passes fwd / bwd us | compiled loops fwd / bwd us | loops / passes |")
     print("|---|---:|---:|---:|")
-    tot = [0.0, 0.0]
-    with threadpool_limits(1):
-        for name, (fn_np, fn_c) in pairs.items():
-            a, c = [], []
-            for _ in range(3):  # alternate, take the median of the three medians
-                a.append(median_us(fn_np, args.repeats))
-                c.append(median_us(fn_c, args.repeats))
-            a, c = statistics.median(a) * chunks, statistics.median(c) * chunks
-            tot[0] += a
-            tot[1] += c
-            print(f"| {name} | {a:,.0f} | {c:,.0f} | {c / a:.2f} |")
-    print(f"| all three | {tot[0]:,.0f} | {tot[1]:,.0f} | {tot[1] / tot[0]:.2f} |")
+    try:
+        with threadpool_limits(1):
+            for conv in CONVS:
+                res = {"numpy": [], "loops": []}
+                for _ in range(3):
+                    for mode, k in (("numpy", None), ("loops", loops)):
+                        res[mode].append(run(conv, k, args.repeats))
+                for a, b in zip(res["numpy"][0][2], res["loops"][0][2]):
+                    if not np.array_equal(a, b):
+                        print(f"{conv[0]}: the compiled loops differ from numpy's passes", file=sys.stderr)
+                        return 1
+                (nf, nb), (lf, lb) = ([statistics.median(r[i] for r in res[m]) for i in (0, 1)] for m in ("numpy", "loops"))
+                print(f"| {conv[0]} ({conv[-1]}) | {nf:,.0f} / {nb:,.0f} | {lf:,.0f} / {lb:,.0f} | "
+                      f"{(lf + lb) / (nf + nb):.2f} |")
+    finally:
+        fused._KERNELS[:] = [loops]
     return 0
 
 

@@ -53,6 +53,7 @@ def _probe():  # a function to try numba's on-disk cache with
 def _compile():
     try:
         import numba
+        import numpy as np
     except ImportError:
         return None
     try:  # compiled once per machine (numba's cache: next to this file, or the user's cache dir)
@@ -73,7 +74,7 @@ def _compile():
             for h in range(oh):
                 for u in range(nv):
                     for i in range(kh):
-                        r, q = h + i, step * u
+                        r, q = h + i, np.uint64(step) * np.uint64(u)  # unsigned: no wraparound test
                         if t == 4:
                             for ch in range(c):
                                 d0, d1, d2, d3 = xp[a, r, q, ch], xp[a, r, q + 1, ch], xp[a, r, q + 2, ch], xp[a, r, q + 3, ch]
@@ -173,7 +174,7 @@ def _compile():
                 for a in range(n):
                     for h in range(oh):
                         for u in range(nv):
-                            q = step * u + j
+                            q = np.uint64(step) * np.uint64(u) + np.uint64(j)  # unsigned: no wraparound test
                             if t == 4:
                                 if j == 0:
                                     for ch in range(c):

@@ -1,24 +1,25 @@
-"""Winograd F(2, R) along the width: the products of a stride-1 conv with R = 3 or 5 kernel
-columns with fewer multiplications than the unrolled (im2col) product (4 for 6, or 6 for 10).
+"""Winograd F(M, R) along the width: the products of a stride-1 conv with R = 3 or 5 kernel
+columns with fewer multiplications than the unrolled (im2col) product (per kernel row and group
+of M output columns: F(2, 3) 4 where it takes 6, F(4, 3) 6 where it takes 12, F(2, 5) 6 for 10).
 
-Two output columns ``2v, 2v+1`` come from the ``R + 1`` input columns ``d_j = x[:, 2v + j]``
-and a kernel row's ``R`` taps ``g_j`` (C x F matrices) through three small matrices of
-``TRANSFORMS`` (Lavin and Gray's construction, evaluation points 0, +-1 (and +-2 for R = 5), and
-infinity):
+M output columns ``Mv + i`` come from the ``M + R - 1`` input columns ``d_j = x[:, Mv + j]`` and
+a kernel row's ``R`` taps ``g_j`` (C x F matrices) through three small matrices of
+``TRANSFORMS`` (Lavin and Gray's construction, evaluation points 0, +-1 (and +-2 for F(4, 3) and
+F(2, 5)), and infinity):
 
     V_k = sum_j BT[k, j] d_j      U_k = sum_j G[k, j] g_j      m_k = V_k U_k
-    y[2v + i] = sum_k AT[i, k] m_k
+    y[Mv + i] = sum_k AT[i, k] m_k
 
-For R = 3 that is ``m0 = (d0 - d2) g0``, ``m1 = (d1 + d2)(g0 + g1 + g2)/2``,
+For F(2, 3) that is ``m0 = (d0 - d2) g0``, ``m1 = (d1 + d2)(g0 + g1 + g2)/2``,
 ``m2 = (d2 - d1)(g0 - g1 + g2)/2``, ``m3 = (d3 - d1) g2``, ``y[2v] = m0 + m1 + m2``,
 ``y[2v + 1] = m1 - m2 + m3``. The kernel rows are summed by the products themselves, as in the
 unrolled conv: row ``(n, oh, v)`` of ``V_k`` holds ``KH x C`` values, and ``m_k = V_k @ U_k``
 with ``U_k`` the transformed taps of all kernel rows, ``(KH*C, F)``.
 
 Backward is the transpose of each step: ``dm_k = sum_i AT[i, k] dy_i`` (``dy_i`` the gradient of
-output column ``2v + i``), ``dU_k = V_k.T @ dm_k`` and ``dW_j = sum_k G[k, j] dU_k``;
-``dV_k = dm_k @ U_k.T`` and ``dx`` gets ``sum_k BT[k, j] dV_k`` added at column ``2v + j``. The
-bias gradient is the column sum of ``dm_1 = dy_0 + dy_1``.
+output column ``Mv + i``), ``dU_k = V_k.T @ dm_k`` and ``dW_j = sum_k G[k, j] dU_k``;
+``dV_k = dm_k @ U_k.T`` and ``dx`` gets ``sum_k BT[k, j] dV_k`` added at column ``Mv + j``. The
+bias gradient is the column sum of ``dm_1``, the sum of the M outputs' gradients.
 
 Everything runs in chunks of images whose temporaries stay in the core's cache; only ``V``
 (the transformed input, read again by ``dW``) is kept for the whole batch. The element-wise
