@@ -145,7 +145,7 @@ class Winograd:
         return [(ye, yo)[i % 2][..., i // 2, :] for i in range(self.m)]
 
     def _transform_weights(self, W):
-        """``U`` (R + 1, KH*C, F) from ``W`` (KH, R, C, F): one product with ``G``."""
+        """``U`` (M + R - 1, KH*C, F) from ``W`` (KH, R, C, F): one product with ``G``."""
         dt = W.dtype
         taps = self.bufs.get("taps", (self.kw, self.kh, self.c, self.f), dt)
         np.copyto(taps, W.transpose(1, 0, 2, 3))
@@ -154,7 +154,7 @@ class Winograd:
         self.U = np.matmul(G, taps.reshape(self.kw, -1), out=U).reshape(self.t, self.k, self.f)
 
     def _block(self, key, a, e, width, dt, images=None):
-        """Rows of images ``a:e`` of an (R + 1, rows, width) array kept in a flat buffer (of
+        """Rows of images ``a:e`` of an (M + R - 1, rows, width) array kept in a flat buffer (of
         ``images`` images, default a chunk's), as a contiguous array: the compiled loops run
         far faster over contiguous arrays than over strided ones."""
         r, t = self.rows, self.t
