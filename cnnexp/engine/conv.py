@@ -14,7 +14,7 @@ offset plus one shifted add per offset (a ``dy`` in blocks is put back in plain 
 a cheap copy, after which the adds run over rows of ``OW * C`` values rather than ``C``).
 
 A stride-1 conv with three or five kernel columns and enough channels and filters runs all three
-products by Winograd F(2, 3) or F(2, 5) along the width instead (``winograd.py``;
+products by Winograd F(2, 3), F(4, 3) or F(2, 5) along the width instead (``winograd.py``;
 ``winograd.applies`` says which).
 A relu followed by a max-pool is applied after the pool (the same values and gradients).
 In an unsplit training step a big weight gradient runs on the engine's helper thread while
@@ -110,7 +110,7 @@ class ConvStage:
         self.flat_dx = (self.sh, self.sw) == (1, 1) and self.hpwp[1] <= FLAT_MAX_WIDTH * self.ow
         #: a ``helper.Helper`` the engine gives worker 0's stages: a big weight gradient runs there
         self.helper = None
-        #: all three products by Winograd F(2, R) (winograd.py) in place of the unrolled input;
+        #: all three products by Winograd F(M, R) (winograd.py) in place of the unrolled input;
         #: not for a first stage, whose input may arrive unrolled ahead (``cols``)
         self.wino = winograd.Winograd(self.kh, self.kw, self.c, self.f, self.oh, self.ow, self.blocks) \
             if not first and winograd.applies(self.kw, (self.sh, self.sw), self.ow, self.c, self.f, self.blocks) else None

@@ -73,8 +73,9 @@ def _compile():
         for a in range(n):
             for h in range(oh):
                 for u in range(nv):
+                    q = np.uint64(step) * np.uint64(u)  # unsigned: no wraparound test
                     for i in range(kh):
-                        r, q = h + i, np.uint64(step) * np.uint64(u)  # unsigned: no wraparound test
+                        r = h + i
                         if t == 4:
                             for ch in range(c):
                                 d0, d1, d2, d3 = xp[a, r, q, ch], xp[a, r, q + 1, ch], xp[a, r, q + 2, ch], xp[a, r, q + 3, ch]
@@ -107,25 +108,27 @@ def _compile():
                     for w in range(nv):
                         for k in range(f):
                             m0, m1, m2, m3 = m[0, a, u, r, w, k], m[1, a, u, r, w, k], m[2, a, u, r, w, k], m[3, a, u, r, w, k]
-                            bk = b[k] if bias else one - one
                             if t == 4:  # F(2, 3)
-                                ye[a, u, r, w, 0, k] = m0 + m1 + m2 + bk if bias else m0 + m1 + m2
-                                yo[a, u, r, w, 0, k] = m1 - m2 + m3 + bk if bias else m1 - m2 + m3
-                                continue
-                            m4, m5 = m[4, a, u, r, w, k], m[5, a, u, r, w, k]
-                            e = m0 + m1 + m2 + m3 + m4
-                            if h == 1:  # F(2, 5)
-                                o = m1 - m2 + two * m3 - two * m4 + m5
-                                ye[a, u, r, w, 0, k] = e + bk if bias else e
-                                yo[a, u, r, w, 0, k] = o + bk if bias else o
-                                continue
-                            o = m1 - m2 + two * m3 - two * m4  # F(4, 3)
-                            e2 = m1 + m2 + four * m3 + four * m4
-                            o2 = m1 - m2 + eight * m3 - eight * m4 + m5
-                            ye[a, u, r, w, 0, k] = e + bk if bias else e
-                            yo[a, u, r, w, 0, k] = o + bk if bias else o
-                            ye[a, u, r, w, 1, k] = e2 + bk if bias else e2
-                            yo[a, u, r, w, 1, k] = o2 + bk if bias else o2
+                                e, o = m0 + m1 + m2, m1 - m2 + m3
+                            else:
+                                m4, m5 = m[4, a, u, r, w, k], m[5, a, u, r, w, k]
+                                e = m0 + m1 + m2 + m3 + m4
+                                if h == 1:  # F(2, 5)
+                                    o = m1 - m2 + two * m3 - two * m4 + m5
+                                else:  # F(4, 3): two more columns
+                                    o = m1 - m2 + two * m3 - two * m4
+                                    e2 = m1 + m2 + four * m3 + four * m4
+                                    o2 = m1 - m2 + eight * m3 - eight * m4 + m5
+                                    if bias:
+                                        e2 += b[k]
+                                        o2 += b[k]
+                                    ye[a, u, r, w, 1, k] = e2
+                                    yo[a, u, r, w, 1, k] = o2
+                            if bias:
+                                e += b[k]
+                                o += b[k]
+                            ye[a, u, r, w, 0, k] = e
+                            yo[a, u, r, w, 0, k] = o
 
     @jit
     def dm_t(de, do, d, one):

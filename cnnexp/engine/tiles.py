@@ -1,7 +1,7 @@
 """A plan's first stage when it is a one-channel conv with stride 1 and fewer than
-``MAX_FILTERS`` filters (any kernel, padding, bias and activation) into a pool that tiles its output (pool size = pool stride, max or average),
-computed as pool-window tiles, channel-first: ``TiledConv``, or ``TiledHead`` when a flatten and
-a dense layer follow (the seed net's whole body).
+``MAX_FILTERS`` filters (any kernel, padding, bias and activation) into a pool that tiles its
+output (pool size = pool stride, max or average), computed as pool-window tiles, channel-first:
+``TiledConv``, or ``TiledHead`` when a flatten and a dense layer follow (the seed net's whole body).
 
 A tile is one pool window of the conv's output: PH x PW positions, which read a
 (PH + KH - 1) x (PW + KW - 1) patch of the input. The patches are unrolled channel-first
