@@ -1,6 +1,6 @@
 """cnnexp's benchmark suite (run by hand; never a timed unit test).
 
-    python benchmarks/run.py              # the engine table, 3 alternating rounds, writes RESULTS.md
+    python benchmarks/run.py              # the engine table, 3 rounds, each cell side by side with PyTorch
     python benchmarks/run.py --quick      # the same table in a few minutes (1 round, short timings)
     python benchmarks/run.py --tracking   # also: tracking cost of the CLI in every tracking mode
     python benchmarks/run.py --scaling    # also: epoch time vs train size / batch size (scaling.png)
@@ -11,9 +11,11 @@ The engine table: for the three presets (conf/model/) and three stacks that are 
 trained by ``cnnexp.train.fit`` with SGD: training images/s at batch 1, 32, 128 (the second
 epoch of a fit: the first warms up, as PyTorch's untimed steps do) and inference images/s at
 batch 1000 (``evaluate``). PyTorch CPU (``pip install torch==2.13.0``) runs the
-same nets (benchmarks/torch_peer.py) in the same run, alternating with cnnexp round by round, at
-each of NCHW/channels_last x 1/all threads; the table gives medians and the ratio to PyTorch's
-best setting per cell. Also: thread scaling (keras_mnist, batch 128, 1 thread against all, in the
+same nets (benchmarks/torch_peer.py) in the same run at each of NCHW/channels_last x 1/all
+threads, each setting in a process of its own: every cell is measured for cnnexp and the four
+settings back to back (cnnexp first in odd rounds, last in even ones), so that a change in this
+shared machine's load falls on both sides; the table gives medians over the rounds and the ratio
+to PyTorch's best setting per cell. Also: thread scaling (keras_mnist, batch 128, 1 thread against all, in the
 same rounds), one full 60k-image batch-1 epoch of the seed net on Fashion-MNIST through
 ``python -m cnnexp`` (training seconds, peak RSS, test accuracy), and the post's loop code as
 the floor. Throughput rows use random uint8 images (speed does not depend on pixel values).
@@ -108,13 +110,14 @@ def cnnexp_infer_rate(name: str, seconds: float) -> float:
     return INFER_BATCH / statistics.median(times)
 
 
-def cnnexp_round(seconds: float, models=MODELS) -> dict:
-    out = {}
-    for name in models:
-        for b in BATCHES:
-            out[f"{name}/train/{b}"] = cnnexp_train_rate(name, b, seconds)
-        out[f"{name}/infer/{INFER_BATCH}"] = cnnexp_infer_rate(name, seconds)
-    return out
+def cell_keys(models=MODELS) -> list[str]:
+    """The table's cells: ``model/train/batch`` and ``model/infer/1000``."""
+    return [f"{m}/{mode}/{b}" for m in models for mode, bs in (("train", BATCHES), ("infer", (INFER_BATCH,))) for b in bs]
+
+
+def cnnexp_rate(key: str, seconds: float) -> float:
+    name, mode, batch = key.split("/")
+    return cnnexp_train_rate(name, int(batch), seconds) if mode == "train" else cnnexp_infer_rate(name, seconds)
 
 
 def scaling_round(seconds: float) -> dict:
@@ -134,26 +137,49 @@ def torch_available() -> str | None:
     return r.stdout.strip() if r.returncode == 0 else None
 
 
-TORCH_ROUND = r"""
+TORCH_SERVER = r"""
 import json, sys
 sys.path.insert(0, {here!r})
 from torch_peer import measure
-rows, threads, cl, seconds = json.loads(sys.argv[1])
-out = {{}}
-for key in rows:
+threads, cl = json.loads(sys.argv[1])
+for line in iter(sys.stdin.readline, "null\n"):  # cnnexp's forked workers hold this pipe too: no EOF
+    key, seconds = json.loads(line)
     name, mode, batch = key.split("/")
-    out[key] = measure(name, mode, int(batch), threads, cl, seconds)["img_s"]
-print(json.dumps(out))
+    print(json.dumps(measure(name, mode, int(batch), threads, cl, seconds)["img_s"]), flush=True)
 """
 
 
-def torch_round(keys, threads: int, channels_last: bool, seconds: float) -> dict:
-    code = TORCH_ROUND.format(here=str(HERE))
-    r = subprocess.run([sys.executable, "-c", code, json.dumps([keys, threads, channels_last, seconds])],
-                       capture_output=True, text=True, timeout=3600)
-    if r.returncode != 0:
-        raise RuntimeError(f"torch round failed: {r.stderr[-2000:]}")
-    return json.loads(r.stdout.strip().splitlines()[-1])
+class TorchPeer:
+    """One PyTorch setting (threads, channels_last) in a process of its own that stays up for
+    the whole run and measures one cell per request, so that each cell's PyTorch figures are
+    taken right beside cnnexp's (this machine's load changes over minutes)."""
+
+    def __init__(self, threads: int, channels_last: bool):
+        self.setting = (threads, channels_last)
+        self.err = tempfile.TemporaryFile(mode="w+")
+        self.proc = subprocess.Popen([sys.executable, "-c", TORCH_SERVER.format(here=str(HERE)),
+                                      json.dumps([threads, channels_last])],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.err, text=True)
+
+    def rate(self, key: str, seconds: float) -> float:
+        self.proc.stdin.write(json.dumps([key, seconds]) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            self.err.seek(0)
+            raise RuntimeError(f"PyTorch {self.setting} failed on {key}: {self.err.read()[-2000:]}")
+        return json.loads(line)
+
+    def close(self) -> None:
+        self.proc.stdin.write("null\n")
+        self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            log(f"PyTorch {self.setting} did not exit 60 s after its last cell: killed")
+            self.proc.kill()
+            self.proc.wait()
+        self.err.close()
 
 
 # -- subprocess runs of the real entry point -------------------------------------------------
@@ -383,7 +409,8 @@ def table(res: dict) -> str:
              f"cnnexp engine=fast, threads=auto ({CORES}; parallel: {os.environ.get('CNNEXP_PARALLEL', 'processes')}), "
              "BLAS single-threaded inside. "
              f"PyTorch: {res.get('torch_version') or 'not installed (its rows are skipped)'}. "
-             f"Medians of {res['rounds']} alternating rounds{' (--quick)' if res.get('quick') else ''}.", "",
+             f"Medians of {res['rounds']} rounds, each cell measured for cnnexp and PyTorch's four settings back to back"
+             f"{' (--quick)' if res.get('quick') else ''}.", "",
              "Ratio cnnexp / PyTorch's best setting (target in brackets):", "",
              "| model | train b1 | train b32 | train b128 | inference b1000 |", "|---|---|---|---|---|"]
     for name in MODELS:
@@ -464,16 +491,28 @@ def main(argv=None) -> int:
     res["torch_version"] = tv
     if tv is None:
         log("PyTorch is not installed (pip install torch==2.13.0): skipping its rows")
+    keys = cell_keys()
     c_rounds, s_rounds, t_rounds = [], [], {s: [] for s in TORCH_SETTINGS}
-    for r in range(rounds):  # A/B alternation: cnnexp, then each PyTorch setting, per round
-        log(f"round {r + 1}/{rounds}: cnnexp")
-        c_rounds.append(cnnexp_round(seconds))
-        s_rounds.append({str(k): v for k, v in scaling_round(seconds).items()})
-        if tv:
-            for s in TORCH_SETTINGS:
-                log(f"round {r + 1}/{rounds}: PyTorch threads={s[0]} channels_last={s[1]}")
-                t_rounds[s].append(torch_round(list(c_rounds[-1]), s[0], s[1], seconds))
-    keys = list(c_rounds[0])
+    peers = [TorchPeer(*s) for s in TORCH_SETTINGS] if tv else []
+    try:
+        for r in range(rounds):  # per cell: cnnexp and each PyTorch setting back to back, the order
+            log(f"round {r + 1}/{rounds}")  # alternating round by round
+            c, t = {}, {p.setting: {} for p in peers}
+            for key in keys:
+                sides = [None, *peers] if r % 2 == 0 else [*peers, None]
+                for side in sides:
+                    if side is None:
+                        c[key] = cnnexp_rate(key, seconds)
+                    else:
+                        t[side.setting][key] = side.rate(key, seconds)
+                log(f"  {key}: cnnexp {c[key]:,.0f} img/s" + "".join(f", {s} {t[s][key]:,.0f}" for s in t))
+            c_rounds.append(c)
+            for s_ in t:
+                t_rounds[s_].append(t[s_])
+            s_rounds.append({str(k): v for k, v in scaling_round(seconds).items()})
+    finally:
+        for p in peers:
+            p.close()
     res["cnnexp"] = {k: statistics.median(c[k] for c in c_rounds) for k in keys}
     res["cnnexp_rounds"] = c_rounds
     res["scaling_threads"] = {k: statistics.median(r[k] for r in s_rounds) for k in s_rounds[0]}
