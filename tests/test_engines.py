@@ -418,10 +418,23 @@ def test_fused_relu_and_max_pool_gradients_give_the_numpy_numbers(act, dtype, mo
                                                      for k in real}])
         m = build_model(spec, seed=0, dtype=dtype, scale=1 / 255, shift=-0.5, engine="fast", threads=1)
         out[mode] = {k: v.copy() for k, v in m.loss_and_grads(x, y)[1].items()}
-    ops_calls = set(calls) & {"relu_backward", "max_pool_backward"}
-    assert ops_calls == {"max_pool_backward"} | ({"relu_backward"} if act == "relu" else set())
+    ops_calls = set(calls) & {"relu", "relu_backward", "max_pool_backward"}
+    assert ops_calls == {"max_pool_backward"} | ({"relu", "relu_backward"} if act == "relu" else set())
     for name in out["numpy"]:
         np.testing.assert_array_equal(out["fused"][name], out["numpy"][name], err_msg=name)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_fused_relu_gives_np_maximum_bit_for_bit(dtype):
+    # the compiled relu keeps NaN and infinities and turns -0.0 into +0.0, as np.maximum(y, 0)
+    if fused.kernels() is None:
+        pytest.skip("numba is not installed: only the numpy passes run")
+    y = np.random.default_rng(0).standard_normal(5000).astype(dtype)
+    y[:6] = [-0.0, 0.0, np.nan, -np.inf, np.inf, -1e-45]
+    want, got = np.maximum(y, 0), y.copy()
+    fused.kernels()["relu"](got, got.dtype.type(1))
+    np.testing.assert_array_equal(got, want)
+    assert not np.signbit(got).any()
 
 
 def test_a_bad_fused_switch_names_the_value_and_the_valid_ones(monkeypatch):

@@ -1,5 +1,5 @@
 """Compiled loops (numba) for the array passes of Winograd F(2, 3), F(4, 3) and F(2, 5) (``winograd.py``),
-the conv stage's input-gradient adds (``conv.py``), and relu's and the max-pool's gradients
+the conv stage's input-gradient adds (``conv.py``), relu and its gradient and the max-pool's gradient
 (``ops.py``).
 
 numpy runs each transform as several passes over whole arrays (for F(2, 3): four for the input
@@ -232,6 +232,15 @@ def _compile():
                             dxp[a, r, q, ch] += t[o, a, h, w, ch]
 
     @jit
+    def relu(y, one):
+        """``y = max(y, 0)`` in place over a flat array, NaN kept (as ``np.maximum(y, 0)``, which
+        numpy runs without SIMD for a scalar operand: several times slower, NOTES.md session 11)."""
+        zero = one - one
+        for e in range(y.size):
+            v = y[e]
+            y[e] = zero if v <= zero else v  # -0.0 becomes +0.0, as in np.maximum
+
+    @jit
     def relu_backward(dy, y, out, one):
         """``out = dy * (y > 0)`` over flat arrays, as ``ops.ActOp.backward``'s two passes give
         it (``one`` a 1 of the arrays' type). Not for tanh and sigmoid: their numpy passes ran
@@ -252,4 +261,4 @@ def _compile():
                     d[a, b, e] = t * g[a, e]
 
     return {"input": input_t, "output": output_t, "dm": dm_t, "input_grad": input_grad_t,
-            "shifted_adds": shifted_adds, "relu_backward": relu_backward, "max_pool_backward": max_pool_backward}
+            "shifted_adds": shifted_adds, "relu": relu, "relu_backward": relu_backward, "max_pool_backward": max_pool_backward}
