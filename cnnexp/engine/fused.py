@@ -11,8 +11,8 @@ numbers (``tests/test_engines.py`` checks it), with each value read and written 
 (``benchmarks/fusion_probe.py``, ``benchmarks/NOTES.md``, sessions 9 and 10). The loops index
 arrays element by element: a view made per inner loop cost more than the loop's work.
 
-The input gradient keeps the passes' order of adds (column offset j, then kernel row i, each
-over all values), computing the transformed values as it adds them instead of storing them first.
+The input gradient computes the transformed values as it adds them instead of storing them first,
+in one pass over ``dv``; the numpy passes add in the order that pass gives every value.
 
 ``kernels()`` compiles on first use (cached on disk by numba) and returns None when numba is
 missing or ``CNNEXP_FUSED=0``: the numpy passes then run (``enabled`` refuses other values).
@@ -166,56 +166,37 @@ def _compile():
     @jit
     def input_grad_t(dv, dxp, step, one):
         """``dxp`` (N, OH + KH - 1, MV + R - 1, C) from ``dv`` (M + R - 1, N, OH, V, KH, C): ``sum_k
-        BT[k, j] dV_k`` added at column step * v + j (``step`` = M), in the passes' order (column
-        offset j, then kernel row i, each over all values)."""
+        BT[k, j] dV_k`` added at column step * v + j (``step`` = M). One pass over ``dv``: for each
+        image, output row, column group and kernel row, the M + R - 1 sums go to one run of input
+        columns. Each value of ``dxp`` so receives its terms by kernel row, then column offset,
+        both descending: the order ``winograd.Winograd._input_grad``'s numpy passes keep."""
         t, n, oh, nv, kh, c = dv.shape
         two = one + one
         four, five = two + two, two + two + one
         dxp[...] = one - one
-        for j in range(t):
-            for i in range(kh):
-                for a in range(n):
-                    for h in range(oh):
-                        for u in range(nv):
-                            q = np.uint64(step) * np.uint64(u) + np.uint64(j)  # unsigned: no wraparound test
-                            if t == 4:
-                                if j == 0:
-                                    for ch in range(c):
-                                        dxp[a, h + i, q, ch] += dv[0, a, h, u, i, ch]
-                                elif j == 1:
-                                    for ch in range(c):
-                                        dxp[a, h + i, q, ch] += dv[1, a, h, u, i, ch] - dv[2, a, h, u, i, ch] - dv[3, a, h, u, i, ch]
-                                elif j == 2:
-                                    for ch in range(c):
-                                        dxp[a, h + i, q, ch] += -dv[0, a, h, u, i, ch] + dv[1, a, h, u, i, ch] + dv[2, a, h, u, i, ch]
-                                else:
-                                    for ch in range(c):
-                                        dxp[a, h + i, q, ch] += dv[3, a, h, u, i, ch]
-                            elif j == 0:
-                                for ch in range(c):
-                                    dxp[a, h + i, q, ch] += four * dv[0, a, h, u, i, ch]
-                            elif j == 1:
-                                for ch in range(c):
-                                    dxp[a, h + i, q, ch] += (four * dv[1, a, h, u, i, ch] - four * dv[2, a, h, u, i, ch]
-                                                             - two * dv[3, a, h, u, i, ch] + two * dv[4, a, h, u, i, ch]
-                                                             + four * dv[5, a, h, u, i, ch])
-                            elif j == 2:
-                                for ch in range(c):
-                                    dxp[a, h + i, q, ch] += (-five * dv[0, a, h, u, i, ch] + four * dv[1, a, h, u, i, ch]
-                                                             + four * dv[2, a, h, u, i, ch] - dv[3, a, h, u, i, ch]
-                                                             - dv[4, a, h, u, i, ch])
-                            elif j == 3:
-                                for ch in range(c):
-                                    dxp[a, h + i, q, ch] += (-dv[1, a, h, u, i, ch] + dv[2, a, h, u, i, ch]
-                                                             + two * dv[3, a, h, u, i, ch] - two * dv[4, a, h, u, i, ch]
-                                                             - five * dv[5, a, h, u, i, ch])
-                            elif j == 4:
-                                for ch in range(c):
-                                    dxp[a, h + i, q, ch] += (dv[0, a, h, u, i, ch] - dv[1, a, h, u, i, ch] - dv[2, a, h, u, i, ch]
-                                                             + dv[3, a, h, u, i, ch] + dv[4, a, h, u, i, ch])
-                            else:
-                                for ch in range(c):
-                                    dxp[a, h + i, q, ch] += dv[5, a, h, u, i, ch]
+        for a in range(n):
+            for h in range(oh):
+                for u in range(nv):
+                    q = np.uint64(step) * np.uint64(u)  # unsigned: no wraparound test
+                    for i in range(kh):
+                        r = h + i
+                        if t == 4:
+                            for ch in range(c):
+                                d0, d1, d2, d3 = dv[0, a, h, u, i, ch], dv[1, a, h, u, i, ch], dv[2, a, h, u, i, ch], dv[3, a, h, u, i, ch]
+                                dxp[a, r, q, ch] += d0
+                                dxp[a, r, q + 1, ch] += d1 - d2 - d3
+                                dxp[a, r, q + 2, ch] += -d0 + d1 + d2
+                                dxp[a, r, q + 3, ch] += d3
+                        else:
+                            for ch in range(c):
+                                d0, d1, d2 = dv[0, a, h, u, i, ch], dv[1, a, h, u, i, ch], dv[2, a, h, u, i, ch]
+                                d3, d4, d5 = dv[3, a, h, u, i, ch], dv[4, a, h, u, i, ch], dv[5, a, h, u, i, ch]
+                                dxp[a, r, q, ch] += four * d0
+                                dxp[a, r, q + 1, ch] += four * d1 - four * d2 - two * d3 + two * d4 + four * d5
+                                dxp[a, r, q + 2, ch] += -five * d0 + four * d1 + four * d2 - d3 - d4
+                                dxp[a, r, q + 3, ch] += -d1 + d2 + two * d3 - two * d4 - five * d5
+                                dxp[a, r, q + 4, ch] += d0 - d1 - d2 + d3 + d4
+                                dxp[a, r, q + 5, ch] += d5
 
     @jit
     def shifted_adds(t, dxp, kw, sh, sw):

@@ -234,9 +234,11 @@ class Winograd:
             return k["input_grad"](dV.reshape(shape), dxp, self.m, dt.type(1))
         dxp[...] = 0
         dvs = dV.reshape(shape)
-        dd, tmp = (self.bufs.get(key, shape[1:], dt) for key in ("dd", "tmp"))
-        for j in range(self.t):  # column offset j, then kernel row i, each over all values
+        dd, tmp = self.bufs.get("dd", shape, dt), self.bufs.get("tmp", shape[1:], dt)
+        srcs = []  # sum_k BT[k, j] dV_k for every column offset j, then the adds in the loop's order:
+        for j in range(self.t):  # kernel row i, then column offset j, both descending
             terms = _terms(self.BT[:, j], dvs)
-            src = terms[0][1] if len(terms) == 1 and terms[0][0] == 1 else _combine(dd, terms, tmp)
-            for i in range(self.kh):
-                dxp[:, i:i + self.oh, j:j + self.ow:self.m] += src[:, :, :, i]
+            srcs.append(terms[0][1] if len(terms) == 1 and terms[0][0] == 1 else _combine(dd[j], terms, tmp))
+        for i in reversed(range(self.kh)):
+            for j in reversed(range(self.t)):
+                dxp[:, i:i + self.oh, j:j + self.ow:self.m] += srcs[j][:, :, :, i]
