@@ -424,6 +424,36 @@ def test_fused_relu_and_max_pool_gradients_give_the_numpy_numbers(act, dtype, mo
         np.testing.assert_array_equal(out["fused"][name], out["numpy"][name], err_msg=name)
 
 
+@pytest.mark.parametrize("act,dtype,tiled", [("sigmoid", "float32", False), ("tanh", "float64", False),
+                                              ("relu", "float32", False), ("tanh", "float32", True)])
+def test_fused_average_pool_and_activation_gradients_give_the_numpy_numbers(act, dtype, tiled, monkeypatch):
+    # an average pool's gradient and the tanh's or sigmoid's before it as one compiled pass, bit for
+    # bit; the first conv's gradient arrives as a cut view of the second's padded one ('same'); or
+    # the first conv runs tiled (tiles.py)
+    if fused.kernels() is None:
+        pytest.skip("numba is not installed: only the numpy passes run")
+    monkeypatch.setattr(fused, "MIN_SIZE", 1000)
+    monkeypatch.setattr(tiles, "MIN_MACS", 0 if tiled else float("inf"))
+    spec = {"input_shape": [12, 12, 1], "layers": [_conv(8, 3, 1, "same"), {"type": act}, {"type": "avgpool2d", "pool": 2},
+                                                   _conv(8, 3, 1, "same"), {"type": act}, {"type": "avgpool2d", "pool": 2},
+                                                   {"type": "flatten"}, {"type": "dense", "units": 3}, {"type": "softmax"}]}
+    x, y = batch(spec, n=4)
+    calls, real = [], fused.kernels()
+    out = {}
+    for mode in ("fused", "numpy"):
+        if mode == "numpy":
+            monkeypatch.setattr(fused, "_KERNELS", [None])
+        else:
+            monkeypatch.setattr(fused, "_KERNELS", [{k: (lambda k: lambda *a: calls.append(k) or real[k](*a))(k)
+                                                     for k in real}])
+        m = build_model(spec, seed=0, dtype=dtype, scale=1 / 255, shift=-0.5, engine="fast", threads=1)
+        out[mode] = {k: v.copy() for k, v in m.loss_and_grads(x, y)[1].items()}
+    assert calls.count("avg_act_backward") == (0 if act == "relu" else 2)
+    assert (plan_stages(m)[0] == "TiledConv") == tiled
+    for name in out["numpy"]:
+        np.testing.assert_array_equal(out["fused"][name], out["numpy"][name], err_msg=name)
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_fused_relu_gives_np_maximum_bit_for_bit(dtype):
     # the compiled relu keeps NaN and infinities and turns -0.0 into +0.0, as np.maximum(y, 0)

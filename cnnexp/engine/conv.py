@@ -211,9 +211,7 @@ class ConvStage:
         if self.pool is not None:
             if self.act_last:
                 dy = self.act.backward(dy, self.bufs.get("dpooled", dy.shape, dy.dtype))
-            dy = self.pool.backward(dy)  # a buffer of the pool's: the activation may write into it
-            if self.act is not None and not self.act_last:
-                dy = self.act.backward(dy, dy)
+            dy = self.pool.backward(dy, None if self.act_last else self.act)  # a buffer of the pool's
         elif self.act is not None:
             dy = self.act.backward(dy, self.bufs.get("dact", dy.shape, dy.dtype))
         dy2 = np.ascontiguousarray(dy).reshape(-1, self.f)

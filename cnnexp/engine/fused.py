@@ -1,6 +1,6 @@
 """Compiled loops (numba) for the array passes of Winograd F(2, 3), F(4, 3) and F(2, 5) (``winograd.py``),
-the conv stage's input-gradient adds (``conv.py``), relu and its gradient and the max-pool's gradient
-(``ops.py``).
+the conv stage's input-gradient adds (``conv.py``), relu and its gradient, the max-pool's gradient and
+the average pool's with a tanh's or sigmoid's before it (``ops.py``).
 
 numpy runs each transform as several passes over whole arrays (for F(2, 3): four for the input
 transform, five for the output transform and bias, four for the backward's ``dm``, four plus
@@ -231,6 +231,18 @@ def _compile():
             out[e] = dy[e] * (one if y[e] > zero else zero)
 
     @jit
+    def avg_act_backward(y, g, d, k, kind, one):
+        """``d[n, b] = (g[n] / k) * f'`` for the (N, PH*PW, rest) block view of an average pool's
+        input ``y``, the output of a tanh (``kind`` 1: f' = 1 - y * y) or a sigmoid (2: (1 - y) * y),
+        as the pool's and the activation's numpy passes give it."""
+        n, kk, r = y.shape
+        for a in range(n):
+            for b in range(kk):
+                for e in range(r):
+                    v = y[a, b, e]
+                    d[a, b, e] = (g[a, e] / k) * ((one - v * v) if kind == 1 else ((one - v) * v))
+
+    @jit
     def max_pool_backward(y, o, g, d, one):
         """``d[n, b] = (y[n, b] == o[n]) * g[n]`` for the (N, PH*PW, rest) block view."""
         n, k, r = y.shape
@@ -242,4 +254,5 @@ def _compile():
                     d[a, b, e] = t * g[a, e]
 
     return {"input": input_t, "output": output_t, "dm": dm_t, "input_grad": input_grad_t,
-            "shifted_adds": shifted_adds, "relu": relu, "relu_backward": relu_backward, "max_pool_backward": max_pool_backward}
+            "shifted_adds": shifted_adds, "relu": relu, "relu_backward": relu_backward,
+            "avg_act_backward": avg_act_backward, "max_pool_backward": max_pool_backward}

@@ -67,6 +67,19 @@ class ActOp:
         return np.multiply(dy, t, out=out)
 
 
+def avg_act_backward(y, g, d, act) -> bool:
+    """``d = (g / K) * act'`` for an average pool over K blocks, ``y`` and ``d`` (N, K, rest),
+    ``g`` (N, rest), when ``act`` (the ``ActOp`` whose output ``y`` is) is a tanh or sigmoid and
+    the compiled loops run: one pass, the same numbers as the pool's and activation's passes.
+    False (nothing written) otherwise."""
+    f = fused.kernels() if act.kind != "relu" and d.size >= fused.MIN_SIZE else None
+    if not (f and y.flags.c_contiguous and d.flags.c_contiguous):
+        return False
+    g = np.ascontiguousarray(g)  # a loop over a strided view runs without SIMD
+    f["avg_act_backward"](y, g, d, y.dtype.type(y.shape[1]), 1 if act.kind == "tanh" else 2, y.dtype.type(1))
+    return True
+
+
 class PoolOp:
     """Max or average pooling of NHWC arrays: one view per window offset (an element-wise
     maximum or sum of ``PH*PW`` views, never a reduction over a short strided axis). For input
@@ -128,9 +141,20 @@ class PoolOp:
         self.y, self.out = y, out
         return out
 
-    def backward(self, dout):
+    def backward(self, dout, then=None):
+        """The gradient of the pool's input, in a buffer of the pool's; ``then``: the ``ActOp``
+        before the pool, whose gradient is applied to it too (one compiled pass for a tanh or
+        sigmoid before an average pool in blocks, else the activation's own passes)."""
         y = self.y
         dy = self.bufs.get("dy", y.shape, y.dtype, zero=not self.exact)
+        if then is not None and self.kind == "avg" and self.blocked and self.exact:
+            n, k = len(y), self.ph * self.pw
+            if avg_act_backward(y.reshape(n, k, -1), dout.reshape(n, -1), dy.reshape(n, k, -1), then):
+                return dy
+        dy = self._backward(y, dy, dout)
+        return dy if then is None else then.backward(dy, dy)
+
+    def _backward(self, y, dy, dout):
         if self.blocked and self.exact:
             return self._blocked_backward(y, dy, dout)
         if self.kind == "avg":

@@ -25,7 +25,7 @@ import numpy as np
 
 from .buffers import Buffers
 from .conv import ConvStage, thin_matmul_tn
-from .ops import ActOp
+from .ops import ActOp, avg_act_backward
 from .stages import DenseStage, FlattenStage
 
 #: fewest multiply-adds of the tile product (``TiledConv.macs`` x images) a chunk or training
@@ -156,14 +156,18 @@ class TiledConv:
         if c.act_last:
             self.act.backward(dp, dp)
         dyt = self._flat("dy", (ph * pw, dp.size), dt)  # one block per window position
-        if c.pool.kind == "max":  # every position equal to its window's max gets the gradient
+        k, act_pending = ph * pw, self.act is not None and not c.act_last
+        if act_pending and c.pool.kind == "avg" and \
+                avg_act_backward(self.y.reshape(1, k, -1), dp.reshape(1, -1), dyt.reshape(1, k, -1), self.act):
+            act_pending = False  # the pool's and the activation's gradients in one pass
+        elif c.pool.kind == "max":  # every position equal to its window's max gets the gradient
             np.equal(self.y.reshape(ph * pw, -1), self.out.reshape(1, -1), out=dyt, casting="unsafe")
             np.multiply(dyt, dp.reshape(1, -1), out=dyt)
         else:
             np.divide(dp.reshape(1, -1), ph * pw, out=dyt[:1])
             dyt[1:] = dyt[:1]
         dyt = dyt.reshape(self.y.shape)
-        if self.act is not None and not c.act_last:
+        if act_pending:
             self.act.backward(dyt, dyt)
         gt = self._weight_grad(dyt, self.cols.reshape(self.rows, -1))
         # each tile weight's gradient back to the kernel weight (or bias) it came from
