@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from cnnexp.engine import FastEngine, ReferenceEngine, available_cores
+from cnnexp.engine import conv as conv_stage
 from cnnexp.engine import feed, fused, tiles, winograd
 from cnnexp.engine.infer import chunk as infer_chunk
 from cnnexp.engine.compile import crops, group
@@ -192,6 +193,19 @@ def test_strided_pools_read_blocked_conv_output_as_the_reference_does(pool, size
         second = {2: (2, 2), 3: (3, 3), 1: None}[stride]  # 4x4 (stride 2) or 3x3 (stride 3) after the pool
         assert [stages[0].blocks, stages[1].blocks] == [first, second]
         compare_engines(spec, n=5, threads=(1, 2), batch_size=2)
+
+
+@pytest.mark.parametrize("pool", [None, "maxpool2d"])
+def test_one_channel_convs_unroll_and_multiply_in_pieces_as_the_reference(pool, monkeypatch):
+    # a one-channel conv's forward unrolls and multiplies piece by piece (here one image each):
+    # the same loss, gradients, probabilities and trained weights as the reference
+    monkeypatch.setattr(conv_stage, "PIECE_BYTES", 1)
+    pieces, real = [], conv_stage.ConvStage._unroll_rows
+    monkeypatch.setattr(conv_stage.ConvStage, "_unroll_rows", lambda self, src, cols, a, b: pieces.append((a, b)) or real(self, src, cols, a, b))
+    layers = [_conv(6, 5, 2, "same"), {"type": "relu"}] + ([{"type": pool, "pool": 2}] if pool else []) + [
+        _conv(4), {"type": "flatten"}, {"type": "dense", "units": 3}, {"type": "softmax"}]
+    compare_engines({"input_shape": [14, 14, 1], "layers": layers}, n=5, threads=(1, 2), batch_size=2)
+    assert {(0, 1), (1, 2), (2, 3)} <= set(pieces)  # forwards in pieces (training's prepared blocks: whole)
 
 
 @pytest.mark.parametrize("k,stride,padding,pool,flat", [

@@ -31,32 +31,17 @@ from numpy.lib.stride_tricks import as_strided
 from ..layers.conv import windows
 from . import fused, helper, winograd
 from .buffers import Buffers
+from .products import thin_matmul_tn
 
-#: bytes of both operands per chunk of the thin weight-gradient product (chunks that fit the
-#: core's L2 cache with room to spare ran 1.8-2.2x faster than 1 MB ones; benchmarks/NOTES.md)
-CHUNK_BYTES = 576 << 10
 #: ``dx`` pads ``dy``'s rows to the input's width (flat shifted adds, see ``_input_grad``) when
 #: that width is at most this times the output's: the product grows by the padding, the adds
 #: get far fewer, longer runs (benchmarks/NOTES.md: it paid for a 3x3 kernel on 24 columns,
 #: not for 5x5 ones on 10 or 14)
 FLAT_MAX_WIDTH = 1.1
-
-
-def thin_matmul_tn(a: np.ndarray, b: np.ndarray, out: np.ndarray, chunk: int | None = None) -> np.ndarray:
-    """``out[...] = a.T @ b`` for tall ``a`` (rows x K) and ``b`` (rows x F); for K <= 32 (a
-    thin product, which slows down once its operands leave the cache) in chunks of rows, of
-    ``chunk`` rows when given."""
-    rows, k = a.shape
-    if chunk is None:
-        chunk = max(1024, 1 << int(CHUNK_BYTES // ((k + b.shape[1]) * a.itemsize)).bit_length() - 1) if k <= 32 else rows
-    if rows <= chunk:
-        return np.matmul(a.T, b, out=out)
-    tmp = np.empty_like(out)
-    np.matmul(a[:chunk].T, b[:chunk], out=out)
-    for s in range(chunk, rows, chunk):
-        np.matmul(a[s:s + chunk].T, b[s:s + chunk], out=tmp)
-        out += tmp
-    return out
+#: bytes of ``cols`` per piece of a one-channel forward's unroll and product (a piece just unrolled
+#: is still in the core's cache when multiplied; with more channels the pieces' products, fewer
+#: rows each, lost more than that gained: benchmarks/NOTES.md, session 11)
+PIECE_BYTES = 160 << 10
 
 
 def joined(w: np.ndarray, b) -> np.ndarray | None:
@@ -153,22 +138,36 @@ class ConvStage:
 
     def unroll(self, x):
         """``cols`` (N*OH*OW, K [+ 1]) of NHWC ``x``, in a kept buffer."""
-        n = len(x)
-        cols = self.bufs.get("cols", (n * self.oh * self.ow, self.width), x.dtype,
-                             fill=self._ones if self.fold else None)
-        h, w = self.hw
-        if self.idx is not None:
-            src = x.reshape(n, -1)
-            if self.padded or self.fold or not src.flags.c_contiguous:
-                hp, wp = self.hpwp
-                src = self.bufs.get("src", (n, hp * wp + 1), x.dtype, zero="new", fill=self._ones)
-                img = src[:, :hp * wp].reshape(n, hp, wp)
-                img[:, self.pt:self.pt + h, self.pl:self.pl + w] = x.reshape(n, h, w)
-            np.take(src, self.idx, axis=1, out=cols.reshape(n, -1), mode="clip")
-            return cols
-        v = self._windows(self._padded(x))
-        np.copyto(self._as_windows(cols, v.shape) if self.fold else cols.reshape(v.shape), v)
+        cols, src = self._cols(len(x), x.dtype), self._source(x)
+        self._unroll_rows(src, cols, 0, len(x))
         return cols
+
+    def _cols(self, n, dtype):
+        return self.bufs.get("cols", (n * self.oh * self.ow, self.width), dtype, fill=self._ones if self.fold else None)
+
+    def _source(self, x):
+        """What ``_unroll_rows`` reads: for one channel the padded images flattened (and a 1 after
+        each, for the bias column), else the padded input's kernel windows."""
+        if self.idx is None:
+            return self._windows(self._padded(x))
+        n, (h, w) = len(x), self.hw
+        src = x.reshape(n, -1)
+        if self.padded or self.fold or not src.flags.c_contiguous:
+            hp, wp = self.hpwp
+            src = self.bufs.get("src", (n, hp * wp + 1), x.dtype, zero="new", fill=self._ones)
+            img = src[:, :hp * wp].reshape(n, hp, wp)
+            img[:, self.pt:self.pt + h, self.pl:self.pl + w] = x.reshape(n, h, w)
+        return src
+
+    def _unroll_rows(self, src, cols, a, b):
+        """The rows of images ``a:b`` of ``cols`` from ``_source``'s ``src``."""
+        r = self.oh * self.ow
+        if self.idx is not None:
+            np.take(src[a:b], self.idx, axis=1, out=cols[a * r:b * r].reshape(b - a, -1), mode="clip")
+            return
+        v = src[a:b]
+        part = cols[a * r:b * r]
+        np.copyto(self._as_windows(part, v.shape) if self.fold else part.reshape(v.shape), v)
 
     def _padded(self, x):
         """``x`` with its zero border (in a kept buffer), or ``x`` when there is none."""
@@ -193,10 +192,19 @@ class ConvStage:
             y = self.bufs.get("y", (n * self.oh * self.ow, self.f), x.dtype).reshape(self._layout(n))
             self.wino.forward(self._padded(x), self.W, self.Wm[-1] if self.fold else self.b, y, training)
         else:
-            self.cols = cols = self.unroll(x) if cols is None else cols
-            n = len(cols) // (self.oh * self.ow)
-            y = self.bufs.get("y", (len(cols), self.f), cols.dtype)
-            np.matmul(cols, self.Wm, out=y)
+            if cols is None:  # one channel: unrolled and multiplied in pieces (``PIECE_BYTES``)
+                n, r = len(x), self.oh * self.ow
+                self.cols = cols = self._cols(n, x.dtype)
+                y, src = self.bufs.get("y", (len(cols), self.f), x.dtype), self._source(x)
+                step = max(1, PIECE_BYTES // (r * self.width * x.itemsize)) if self.idx is not None else n
+                for a in range(0, n, step):
+                    b = min(n, a + step)
+                    self._unroll_rows(src, cols, a, b)
+                    np.matmul(cols[a * r:b * r], self.Wm, out=y[a * r:b * r])
+            else:
+                self.cols, n = cols, len(cols) // (self.oh * self.ow)
+                y = self.bufs.get("y", (len(cols), self.f), cols.dtype)
+                np.matmul(cols, self.Wm, out=y)
             if self.b is not None:
                 y += self.b
             y = y.reshape(self._layout(n))

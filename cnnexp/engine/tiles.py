@@ -24,8 +24,9 @@ from __future__ import annotations
 import numpy as np
 
 from .buffers import Buffers
-from .conv import ConvStage, thin_matmul_tn
+from .conv import ConvStage
 from .ops import ActOp, avg_act_backward
+from .products import thin_matmul_tn
 from .stages import DenseStage, FlattenStage
 
 #: fewest multiply-adds of the tile product (``TiledConv.macs`` x images) a chunk or training
