@@ -38,9 +38,9 @@ from .products import thin_matmul_tn
 #: get far fewer, longer runs (benchmarks/NOTES.md: it paid for a 3x3 kernel on 24 columns,
 #: not for 5x5 ones on 10 or 14)
 FLAT_MAX_WIDTH = 1.1
-#: bytes of ``cols`` per piece of a one-channel forward's unroll and product (a piece just unrolled
-#: is still in the core's cache when multiplied; with more channels the pieces' products, fewer
-#: rows each, lost more than that gained: benchmarks/NOTES.md, session 11)
+#: bytes of ``cols`` per piece of a one-channel forward's unroll and product when its whole ``cols``
+#: is over four pieces (a piece just unrolled is still in the core's cache when multiplied; with
+#: more channels, or less ``cols``, pieces gained nothing: benchmarks/NOTES.md, session 11)
 PIECE_BYTES = 160 << 10
 
 
@@ -196,7 +196,8 @@ class ConvStage:
                 n, r = len(x), self.oh * self.ow
                 self.cols = cols = self._cols(n, x.dtype)
                 y, src = self.bufs.get("y", (len(cols), self.f), x.dtype), self._source(x)
-                step = max(1, PIECE_BYTES // (r * self.width * x.itemsize)) if self.idx is not None else n
+                per = r * self.width * x.itemsize
+                step = max(1, PIECE_BYTES // per) if self.idx is not None and n * per > 4 * PIECE_BYTES else n
                 for a in range(0, n, step):
                     b = min(n, a + step)
                     self._unroll_rows(src, cols, a, b)
