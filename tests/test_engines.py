@@ -410,6 +410,22 @@ def test_fused_shifted_adds_give_the_numpy_adds_numbers(k, stride, padding, monk
         np.testing.assert_array_equal(out["fused"][name], out["numpy"][name], err_msg=name)
 
 
+def fused_and_numpy_grads(spec, dtype, x, y, monkeypatch):
+    """The gradients of ``spec`` with the compiled loops (recording which ran) and with numpy's
+    passes: ``(loop names called, {"fused": grads, "numpy": grads}, the last model)``."""
+    calls, real = [], fused.kernels()
+    out = {}
+    for mode in ("fused", "numpy"):
+        if mode == "numpy":
+            monkeypatch.setattr(fused, "_KERNELS", [None])
+        else:
+            monkeypatch.setattr(fused, "_KERNELS", [{k: (lambda k: lambda *a: calls.append(k) or real[k](*a))(k)
+                                                     for k in real}])
+        m = build_model(spec, seed=0, dtype=dtype, scale=1 / 255, shift=-0.5, engine="fast", threads=1)
+        out[mode] = {k: v.copy() for k, v in m.loss_and_grads(x, y)[1].items()}
+    return calls, out, m
+
+
 @pytest.mark.parametrize("act,dtype", [("relu", "float32"), ("relu", "float64"), ("tanh", "float32")])
 def test_fused_relu_and_max_pool_gradients_give_the_numpy_numbers(act, dtype, monkeypatch):
     # relu's and the max-pool's gradients (ops.py) as compiled loops for arrays of >= MIN_SIZE
@@ -422,16 +438,7 @@ def test_fused_relu_and_max_pool_gradients_give_the_numpy_numbers(act, dtype, mo
                                                    {"type": "maxpool2d", "pool": 2}, {"type": "flatten"},
                                                    {"type": "dense", "units": 3}, {"type": "softmax"}]}
     x, y = batch(spec, n=4)  # 4 x 10x10x8 values before the pool, 4 x 8x8x8 of the second conv
-    calls, real = [], fused.kernels()
-    out = {}
-    for mode in ("fused", "numpy"):
-        if mode == "numpy":
-            monkeypatch.setattr(fused, "_KERNELS", [None])
-        else:
-            monkeypatch.setattr(fused, "_KERNELS", [{k: (lambda k: lambda *a: calls.append(k) or real[k](*a))(k)
-                                                     for k in real}])
-        m = build_model(spec, seed=0, dtype=dtype, scale=1 / 255, shift=-0.5, engine="fast", threads=1)
-        out[mode] = {k: v.copy() for k, v in m.loss_and_grads(x, y)[1].items()}
+    calls, out, m = fused_and_numpy_grads(spec, dtype, x, y, monkeypatch)
     ops_calls = set(calls) & {"relu", "relu_backward", "max_pool_backward"}
     assert ops_calls == {"max_pool_backward"} | ({"relu", "relu_backward"} if act == "relu" else set())
     for name in out["numpy"]:
@@ -452,16 +459,7 @@ def test_fused_average_pool_and_activation_gradients_give_the_numpy_numbers(act,
                                                    _conv(8, 3, 1, "same"), {"type": act}, {"type": "avgpool2d", "pool": 2},
                                                    {"type": "flatten"}, {"type": "dense", "units": 3}, {"type": "softmax"}]}
     x, y = batch(spec, n=4)
-    calls, real = [], fused.kernels()
-    out = {}
-    for mode in ("fused", "numpy"):
-        if mode == "numpy":
-            monkeypatch.setattr(fused, "_KERNELS", [None])
-        else:
-            monkeypatch.setattr(fused, "_KERNELS", [{k: (lambda k: lambda *a: calls.append(k) or real[k](*a))(k)
-                                                     for k in real}])
-        m = build_model(spec, seed=0, dtype=dtype, scale=1 / 255, shift=-0.5, engine="fast", threads=1)
-        out[mode] = {k: v.copy() for k, v in m.loss_and_grads(x, y)[1].items()}
+    calls, out, m = fused_and_numpy_grads(spec, dtype, x, y, monkeypatch)
     assert calls.count("avg_act_backward") == (0 if act == "relu" else 2)
     assert (plan_stages(m)[0] == "TiledConv") == tiled
     for name in out["numpy"]:
