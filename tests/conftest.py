@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from helpers.cli import RESUMABLE, cli, final
+from helpers.cli import RESUMABLE, cli, final, follower_logs
 from helpers.experiments import last_ckpt, weights
 from helpers.idx import sandbox  # noqa: F401  (a fixture: private cache, network on 127.0.0.1 only)
 
@@ -18,7 +18,8 @@ def no_followers_left(request):
     if tmp is not None:
         from cnnexp.tracking.follower import wait_idle
 
-        assert not wait_idle(tmp, timeout=120), "tracking followers still working"
+        busy = wait_idle(tmp, timeout=120)
+        assert not busy, f"tracking followers still working: {busy}\n{follower_logs(busy)}"
 
 
 @pytest.fixture(scope="module")

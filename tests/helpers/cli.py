@@ -79,7 +79,19 @@ def wait_logged(out: Path, timeout: float = 120) -> None:
     from cnnexp.tracking.follower import wait_idle
 
     busy = wait_idle(out, timeout=timeout)
-    assert not busy, f"tracking followers still working after {timeout} s: {busy}"
+    assert not busy, f"tracking followers still working after {timeout} s: {busy}\n{follower_logs(busy)}"
+
+
+def follower_logs(folders) -> str:
+    """The end of each folder's follower log and state, for a failure message (a follower that
+    outlived a test's wait once in CI and could not be reproduced: the next one says why)."""
+    parts = []
+    for f in folders:
+        for name in ("follower.log", "sync.json", "follower.json"):
+            path = Path(f) / name
+            text = path.read_text(errors="replace")[-2000:] if path.is_file() else "(none)"
+            parts.append(f"--- {path}:\n{text}")
+    return "\n".join(parts)
 
 
 def assert_one_line_error(p, *needles) -> str:
