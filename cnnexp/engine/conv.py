@@ -3,7 +3,8 @@ with its own buffers.
 
 Forward: unroll the (padded) input into a kept ``cols`` buffer (for one input channel a single
 ``np.take`` with a precomputed index, else one strided copy), one product into a kept output
-buffer, activation and pooling in place. When the model's flat buffers hold the bias right
+buffer (a big one-channel ``cols`` unrolled and multiplied piece by piece), activation and
+pooling in place. When the model's flat buffers hold the bias right
 after the weights (parameters and gradients alike), ``cols`` ends in a column of ones and the
 weight matrix is read with the bias as its last row: the product adds the bias and the
 weight-gradient product yields its gradient, with no pass of their own.
@@ -192,7 +193,7 @@ class ConvStage:
             y = self.bufs.get("y", (n * self.oh * self.ow, self.f), x.dtype).reshape(self._layout(n))
             self.wino.forward(self._padded(x), self.W, self.Wm[-1] if self.fold else self.b, y, training)
         else:
-            if cols is None:  # one channel: unrolled and multiplied in pieces (``PIECE_BYTES``)
+            if cols is None:  # unrolled here; a big one-channel ``cols`` in pieces (``PIECE_BYTES``)
                 n, r = len(x), self.oh * self.ow
                 self.cols = cols = self._cols(n, x.dtype)
                 y, src = self.bufs.get("y", (len(cols), self.f), x.dtype), self._source(x)
