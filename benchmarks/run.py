@@ -497,18 +497,17 @@ def main(argv=None) -> int:
     try:
         for r in range(rounds):  # per cell: cnnexp and each PyTorch setting back to back, the order
             log(f"round {r + 1}/{rounds}")  # alternating round by round
-            c, t = {}, {p.setting: {} for p in peers}
+            c, t = {}, {p: {} for p in peers}
             for key in keys:
-                sides = [None, *peers] if r % 2 == 0 else [*peers, None]
-                for side in sides:
+                for side in ([None, *peers] if r % 2 == 0 else [*peers, None]):
                     if side is None:
                         c[key] = cnnexp_rate(key, seconds)
                     else:
-                        t[side.setting][key] = side.rate(key, seconds)
-                log(f"  {key}: cnnexp {c[key]:,.0f} img/s" + "".join(f", {s} {t[s][key]:,.0f}" for s in t))
+                        t[side][key] = side.rate(key, seconds)
+                log(f"  {key}: cnnexp {c[key]:,.0f} img/s" + "".join(f", {p.setting} {t[p][key]:,.0f}" for p in peers))
             c_rounds.append(c)
-            for s_ in t:
-                t_rounds[s_].append(t[s_])
+            for p in peers:
+                t_rounds[p.setting].append(t[p])
             s_rounds.append({str(k): v for k, v in scaling_round(seconds).items()})
     finally:
         for p in peers:

@@ -153,19 +153,19 @@ class TiledConv:
     def conv_backward(self, dp):
         """The conv's gradients (into its stage's gradient arrays) from dL/d(pooled) ``dp``
         (F, N, QH * CW, zero in the columns past QW)."""
-        c, f, (ph, pw), dt = self.conv, self.f, (self.ph, self.pw), dp.dtype
+        c, f, k, dt = self.conv, self.f, self.ph * self.pw, dp.dtype
         if c.act_last:
             self.act.backward(dp, dp)
-        dyt = self._flat("dy", (ph * pw, dp.size), dt)  # one block per window position
-        k, act_pending = ph * pw, self.act is not None and not c.act_last
+        dyt = self._flat("dy", (k, dp.size), dt)  # one block per window position
+        act_pending = self.act is not None and not c.act_last
         if act_pending and c.pool.kind == "avg" and \
                 avg_act_backward(self.y.reshape(1, k, -1), dp.reshape(1, -1), dyt.reshape(1, k, -1), self.act):
             act_pending = False  # the pool's and the activation's gradients in one pass
         elif c.pool.kind == "max":  # every position equal to its window's max gets the gradient
-            np.equal(self.y.reshape(ph * pw, -1), self.out.reshape(1, -1), out=dyt, casting="unsafe")
+            np.equal(self.y.reshape(k, -1), self.out.reshape(1, -1), out=dyt, casting="unsafe")
             np.multiply(dyt, dp.reshape(1, -1), out=dyt)
         else:
-            np.divide(dp.reshape(1, -1), ph * pw, out=dyt[:1])
+            np.divide(dp.reshape(1, -1), k, out=dyt[:1])
             dyt[1:] = dyt[:1]
         dyt = dyt.reshape(self.y.shape)
         if act_pending:
