@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import functools
 import json
 import os
 import platform
@@ -61,39 +62,57 @@ def log(msg: str) -> None:
 
 # -- cnnexp ----------------------------------------------------------------------------------
 
+#: images a training cell draws its epochs from (an epoch of seed at batch 128 lasts about 1 s)
+TRAIN_POOL = 1 << 17
+
+
+@functools.lru_cache(maxsize=2)
 def random_images(n: int, seed: int = 0):
+    """``n`` random uint8 images and labels, read-only (kept for the next cell)."""
     rng = np.random.default_rng(seed)
-    return rng.integers(0, 256, (n, 28, 28), dtype=np.uint8), rng.integers(0, 10, n)
+    x, y = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8), rng.integers(0, 10, n)
+    x.flags.writeable = y.flags.writeable = False
+    return x, y
 
 
 def cnnexp_train_rate(name: str, batch: int, seconds: float, threads="auto") -> float:
     """Images/s of ``fit`` (the real loop: shuffling, train_step, SGD step, loss bookkeeping)
-    in the second of two epochs sized to last about ``seconds`` each (sized by a calibration
-    epoch). The first epoch warms the model up as PyTorch's 20 untimed steps warm up its net:
-    forking the engine's workers and first-touching its buffers cost a few hundred ms once per
-    run, which is most of an epoch of a few steps (keras_mnist at batch 128: 9 steps)."""
+    in the second of two epochs that last at least ``seconds`` each, as PyTorch's timings do
+    (or use all of ``TRAIN_POOL`` images). The first epoch warms the model up as PyTorch's 20
+    untimed steps warm up its net: forking the engine's workers and first-touching its buffers
+    cost a few hundred ms once per run, which is most of an epoch of a few steps (keras_mnist at
+    batch 128: 9 steps). The epoch is sized from a small run's warm second epoch and sized
+    again while it came out shorter (a first size from a cold epoch once gave seed at batch 32
+    a timed epoch of 5 ms)."""
     from cnnexp.model import build_model
     from cnnexp.optimizers import build_optimizer
     from cnnexp.train import fit
 
-    images, labels = random_images(65536)
+    images, labels = random_images(TRAIN_POOL)
     empty = (images[:0], labels[:0])
 
-    def run(n, epochs):
+    def run(n):
+        """(images/s, seconds) of the second of two epochs of ``n`` images."""
         model = build_model(model_spec(name), seed=0, scale=1 / 255, shift=-0.5, threads=threads)
         opt = build_optimizer({"type": "sgd"}, 0.005)
         splits = SimpleNamespace(train=(images[:n], labels[:n]), val=empty, test=empty)
         try:
-            st = fit(model, opt, splits, epochs=epochs, batch_size=batch, log=lambda s: None, log_every=10**9)
+            st = fit(model, opt, splits, epochs=2, batch_size=batch, log=lambda s: None, log_every=10**9)
         finally:
             model.close()
-        return st.history[-1]["perf/images_per_sec"]
+        return st.history[-1]["perf/images_per_sec"], st.history[-1]["perf/epoch_seconds"]
 
-    n0 = max(batch * 4, 256)
-    rate = run(n0, 1)
-    n = int(min(len(images), max(n0, rate * seconds)))
-    n -= n % batch
-    return run(max(n, batch), 2)
+    def size(rate):  # images for an epoch of ``seconds`` at ``rate``, 10% over, whole batches
+        n = int(min(len(images), max(batch, rate * seconds * 1.1)))
+        return n - n % batch
+
+    rate, _ = run(max(batch * 4, 256))
+    for _ in range(3):
+        n = size(rate)
+        rate, took = run(n)
+        if took >= seconds or n + batch > len(images):
+            break
+    return rate
 
 
 def cnnexp_infer_rate(name: str, seconds: float) -> float:
