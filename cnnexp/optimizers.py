@@ -55,6 +55,7 @@ class SGD(Optimizer):
         super().__init__(lr)
         self.weight_decay = _check("weight_decay", weight_decay)
         self._tmps: dict[int, np.ndarray] = {}  # per flat part: one piece's lr * g
+        self._kernel = False  # the compiled flat update (None: numpy's passes), see ``_flat``
 
     def step(self, params, grads, run=None):
         pf, gf = getattr(params, "flat", None), getattr(grads, "flat", None)
@@ -83,8 +84,15 @@ class SGD(Optimizer):
         p -= tmp
 
     def _flat(self, p, g, part: int) -> None:
-        """``p -= lr * (g + weight_decay * p)`` on flat arrays, in pieces, with part
-        ``part``'s own temporary (two parts may run at once)."""
+        """``p -= lr * (g + weight_decay * p)`` on flat arrays: one compiled pass when the
+        engine's loops are there (``engine.fused``: the same numbers, each value read and
+        written once), else numpy's passes in pieces, with part ``part``'s own temporary (two
+        parts may run at once)."""
+        if self._kernel is False:  # looked up at the first flat update
+            kernels = _kernels()
+            self._kernel = kernels["sgd"] if kernels is not None else None
+        if self._kernel is not None:
+            return self._kernel(p, g, p.dtype.type(self.lr), p.dtype.type(self.weight_decay))
         if self.weight_decay:
             g = g + self.weight_decay * p
         lr = p.dtype.type(self.lr)
@@ -100,6 +108,14 @@ class SGD(Optimizer):
             t = tmp[:min(size, p.size - s)]
             np.multiply(g[s:s + size], lr, out=t, casting="unsafe")
             p[s:s + size] -= t
+
+
+def _kernels():
+    """The engine's compiled loops (``cnnexp.engine.fused.kernels()``), or None. Imported on
+    first use: the update rules above stay numpy and import nothing of the engine."""
+    from .engine import fused
+
+    return fused.kernels()
 
 
 @OPTIMIZERS.register("momentum")

@@ -244,3 +244,31 @@ def test_load_state_dict_does_not_alias_the_given_arrays():
     _run(b, pa, 2)
     for k in sd:
         np.testing.assert_array_equal(sd[k], frozen[k])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("weight_decay", [0.0, 0.01])
+@pytest.mark.parametrize("size", [1, 1000, (1 << 16) * 3 + 5])
+def test_sgd_flat_update_compiled_gives_numpys_numbers(dtype, weight_decay, size, monkeypatch):
+    # a model's params and grads are views of two flat arrays: SGD updates them in one compiled
+    # pass when the engine's loops are there, bit for bit what its numpy passes give (in pieces)
+    from cnnexp import optimizers
+    from cnnexp.engine import fused
+    from cnnexp.model import ParamDict
+
+    if fused.kernels() is None:
+        pytest.skip("numba is not installed: only the numpy passes run")
+    rng = np.random.default_rng(size)
+    p0, g = rng.standard_normal(size).astype(dtype), rng.standard_normal(size).astype(dtype)
+    got = {}
+    for name, kernels in (("compiled", fused.kernels()), ("numpy", None)):
+        monkeypatch.setattr(optimizers, "_kernels", lambda kernels=kernels: kernels)
+        flat, h = p0.copy(), size // 2
+        params, grads = ParamDict(w=flat[:h], b=flat[h:]), ParamDict(w=g[:h], b=g[h:])
+        params.flat, grads.flat = flat, g
+        opt = build_optimizer({"type": "sgd", "weight_decay": weight_decay}, 0.0137)
+        for _ in range(3):
+            opt.step(params, grads, run=lambda fns: [fn() for fn in fns])
+        got[name] = params.flat
+    assert not np.array_equal(got["numpy"], p0)
+    np.testing.assert_array_equal(got["compiled"], got["numpy"])

@@ -1,6 +1,7 @@
 """Compiled loops (numba) for the array passes of Winograd F(2, 3), F(4, 3) and F(2, 5) (``winograd.py``),
 the conv stage's input-gradient adds (``conv.py``), relu and its gradient, the max-pool's gradient and
-the average pool's with a tanh's or sigmoid's before it (``ops.py``).
+the average pool's with a tanh's or sigmoid's before it (``ops.py``), and SGD's update over a
+model's flat parameters (``optimizers.SGD``: one pass where numpy needs a temporary).
 
 numpy runs each transform as several passes over whole arrays (for F(2, 3): four for the input
 transform, five for the output transform and bias, four for the backward's ``dm``, four plus
@@ -253,6 +254,17 @@ def _compile():
                     t = one if y[a, b, e] == o[a, e] else zero
                     d[a, b, e] = t * g[a, e]
 
+    @jit
+    def sgd(p, g, lr, wd):
+        """``p -= lr * (g + wd * p)`` over flat arrays (``p -= lr * g`` when ``wd`` is 0), as
+        ``optimizers.SGD``'s numpy passes give it (``lr`` and ``wd`` of the arrays' type)."""
+        if wd == 0:
+            for e in range(p.size):
+                p[e] = p[e] - lr * g[e]
+        else:
+            for e in range(p.size):
+                p[e] = p[e] - lr * (g[e] + wd * p[e])
+
     return {"input": input_t, "output": output_t, "dm": dm_t, "input_grad": input_grad_t,
             "shifted_adds": shifted_adds, "relu": relu, "relu_backward": relu_backward,
-            "avg_act_backward": avg_act_backward, "max_pool_backward": max_pool_backward}
+            "avg_act_backward": avg_act_backward, "max_pool_backward": max_pool_backward, "sgd": sgd}
