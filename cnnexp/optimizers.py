@@ -112,7 +112,7 @@ class SGD(Optimizer):
 
 def _kernels():
     """The engine's compiled loops (``cnnexp.engine.fused.kernels()``), or None. Imported on
-    first use: the update rules above stay numpy and import nothing of the engine."""
+    the first flat update, not with this module: the update rules above are numpy."""
     from .engine import fused
 
     return fused.kernels()
