@@ -55,7 +55,7 @@ class SGD(Optimizer):
         super().__init__(lr)
         self.weight_decay = _check("weight_decay", weight_decay)
         self._tmps: dict[int, np.ndarray] = {}  # per flat part: one piece's lr * g
-        self._kernel = False  # the compiled flat update (None: numpy's passes), see ``_flat``
+        self._kernel = None  # the compiled flat update once it is used (None: numpy's passes), see ``step``
 
     def step(self, params, grads, run=None):
         pf, gf = getattr(params, "flat", None), getattr(grads, "flat", None)
@@ -64,6 +64,9 @@ class SGD(Optimizer):
         # a model's params and grads are views of two flat arrays: one update for all of them,
         # in two halves through ``run`` when there are enough values (element-wise: the same numbers)
         self.t += 1
+        if self._kernel is None:  # asked again each step until the compiled update is used
+            kernels = _kernels(pf.size >= self.load_min)
+            self._kernel = kernels["sgd"] if kernels is not None else None
         if run is None or pf.size < self.split_min:
             return self._flat(pf, gf, 0)
         mid = pf.size // 2 // self.chunk * self.chunk
@@ -75,6 +78,11 @@ class SGD(Optimizer):
     chunk = 1 << 16
     #: fewest values whose update ``step`` splits in two through ``run``
     split_min = 1 << 18
+    #: fewest values for which the update loads the engine's compiled loops itself: numba's
+    #: first compiled call in a process has a fixed cost that a smaller update's savings per
+    #: step take too many steps to repay; a smaller update uses the compiled loop once the
+    #: engine has loaded its loops (benchmarks/NOTES.md, session 13)
+    load_min = 1 << 18
 
     def update(self, key, p, g):
         if self.weight_decay:  # one parameter array (a model without flat buffers)
@@ -84,13 +92,10 @@ class SGD(Optimizer):
         p -= tmp
 
     def _flat(self, p, g, part: int) -> None:
-        """``p -= lr * (g + weight_decay * p)`` on flat arrays: one compiled pass when the
-        engine's loops are there (``engine.fused``: the same numbers, each value read and
+        """``p -= lr * (g + weight_decay * p)`` on flat arrays: one compiled pass when ``step``
+        found the engine's loop (``engine.fused``: the same numbers, each value read and
         written once), else numpy's passes in pieces, with part ``part``'s own temporary (two
         parts may run at once)."""
-        if self._kernel is False:  # looked up at the first flat update
-            kernels = _kernels()
-            self._kernel = kernels["sgd"] if kernels is not None else None
         if self._kernel is not None:
             return self._kernel(p, g, p.dtype.type(self.lr), p.dtype.type(self.weight_decay))
         if self.weight_decay:
@@ -110,12 +115,18 @@ class SGD(Optimizer):
             p[s:s + size] -= t
 
 
-def _kernels():
-    """The engine's compiled loops (``cnnexp.engine.fused.kernels()``), or None. Imported on
-    the first flat update, not with this module: the update rules above are numpy."""
-    from .engine import fused
+_fused = []  # [cnnexp.engine.fused], imported at the first flat update, not with this module
 
-    return fused.kernels()
+
+def _kernels(load: bool):
+    """The engine's compiled loops (``cnnexp.engine.fused.kernels()``) when the engine has
+    loaded them in this process already, or when ``load``; else None (None too without numba
+    or with ``CNNEXP_FUSED=0``). The update rules above are numpy."""
+    if not _fused:
+        from .engine import fused
+
+        _fused.append(fused)
+    return _fused[0].kernels() if load or _fused[0].loaded() else None
 
 
 @OPTIMIZERS.register("momentum")

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from cnnexp.errors import ConfigError
 from cnnexp.optimizers import build_optimizer
+
+ROOT = Path(__file__).resolve().parent.parent
 
 # f(p) = 0.5 * sum(A * (p - C)**2) over two parameter arrays, gradient A * (p - C)
 A = {"l0.W": np.array([[1.0, 3.0], [10.0, 0.5]]), "l0.b": np.array([2.0, 0.2, 5.0])}
@@ -262,7 +268,7 @@ def test_sgd_flat_update_compiled_gives_numpys_numbers(dtype, weight_decay, size
     p0, g = rng.standard_normal(size).astype(dtype), rng.standard_normal(size).astype(dtype)
     got = {}
     for name, kernels in (("compiled", fused.kernels()), ("numpy", None)):
-        monkeypatch.setattr(optimizers, "_kernels", lambda kernels=kernels: kernels)
+        monkeypatch.setattr(optimizers, "_kernels", lambda load, kernels=kernels: kernels)
         flat, h = p0.copy(), size // 2
         params, grads = ParamDict(w=flat[:h], b=flat[h:]), ParamDict(w=g[:h], b=g[h:])
         params.flat, grads.flat = flat, g
@@ -272,3 +278,68 @@ def test_sgd_flat_update_compiled_gives_numpys_numbers(dtype, weight_decay, size
         got[name] = params.flat
     assert not np.array_equal(got["numpy"], p0)
     np.testing.assert_array_equal(got["compiled"], got["numpy"])
+
+
+def _flat_sgd(size, dtype=np.float32):
+    from cnnexp.model import ParamDict
+
+    rng = np.random.default_rng(size)
+    flat, g = rng.standard_normal(size).astype(dtype), rng.standard_normal(size).astype(dtype)
+    params, grads = ParamDict(w=flat), ParamDict(w=g)
+    params.flat, grads.flat = flat, g
+    return params, grads, build_optimizer({"type": "sgd"}, 0.01)
+
+
+def test_sgd_small_update_waits_for_the_engine_to_load_the_compiled_loops(monkeypatch):
+    # numba's first compiled call in a process has a fixed cost; a small model (the seed net)
+    # whose engine loads no loop keeps numpy's passes and never pays it, and switches to the
+    # compiled update once the engine has loaded its loops (the same numbers either way)
+    from cnnexp.engine import fused
+
+    if fused.kernels() is None:
+        pytest.skip("numba is not installed: only the numpy passes run")
+    monkeypatch.setattr(fused, "_KERNELS", [])  # as in a fresh process
+    params, grads, opt = _flat_sgd(13_602)
+    for _ in range(3):
+        opt.step(params, grads)
+    assert fused._KERNELS == [] and opt._kernel is None
+    kernels = fused.kernels()  # what the engine does before its first compiled call
+    opt.step(params, grads)
+    assert opt._kernel is kernels["sgd"]
+
+
+def test_sgd_large_update_loads_the_compiled_loops_itself(monkeypatch):
+    from cnnexp.engine import fused
+    from cnnexp.optimizers import SGD
+
+    if fused.kernels() is None:
+        pytest.skip("numba is not installed: only the numpy passes run")
+    monkeypatch.setattr(fused, "_KERNELS", [])
+    params, grads, opt = _flat_sgd(SGD.load_min)
+    opt.step(params, grads)
+    assert fused.loaded() and opt._kernel is fused.kernels()["sgd"]
+
+
+def test_seed_net_training_does_not_import_numba(tmp_path):
+    # the seed net at batch 1 runs no compiled loop: numba is not imported at all (its import
+    # and first call cost a fixed load and tens of MB the post's experiment would not repay)
+    code = (
+        "import sys, numpy as np\n"
+        "from types import SimpleNamespace\n"
+        "from cnnexp.model import build_model\n"
+        "from cnnexp.optimizers import build_optimizer\n"
+        "from cnnexp.train import fit\n"
+        "from omegaconf import OmegaConf\n"
+        f"spec = OmegaConf.to_container(OmegaConf.load({str(ROOT / 'conf' / 'model' / 'seed.yaml')!r}))\n"
+        "m = build_model(spec, seed=0, scale=1/255, shift=-0.5)\n"
+        "rng = np.random.default_rng(0)\n"
+        "x, y = rng.integers(0, 256, (64, 28, 28), dtype=np.uint8), rng.integers(0, 10, 64)\n"
+        "e = (x[:0], y[:0])\n"
+        "st = fit(m, build_optimizer({'type': 'sgd'}, 0.005), SimpleNamespace(train=(x, y), val=e, test=e),\n"
+        "         epochs=1, batch_size=1, log=lambda s: None, log_every=10**9)\n"
+        "m.close()\n"
+        "print(len(st.history), 'numba' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["1", "False"]

@@ -47,6 +47,12 @@ def kernels():
     return _KERNELS[0]
 
 
+def loaded() -> bool:
+    """Whether ``kernels()`` has given the compiled loops in this process (the engine asks for
+    them just before their first call, which pays numba's fixed cost of loading them)."""
+    return bool(_KERNELS) and _KERNELS[0] is not None
+
+
 def _probe():  # a function to try numba's on-disk cache with
     return 0
 
